@@ -1,0 +1,55 @@
+"""Agent settings: `[agent]`, `[spool]`, `[kafka]`, `[log]`; TOML then `TRAINTRAIL_*` env.
+
+Relative paths are taken from the working directory at start, so the dev
+default keeps the spool under `.traintrail/` beside the checkout; a packaged
+install points them at /var/lib/traintrail and /run/traintrail.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from schemas.settings import load_settings, setting
+
+__all__ = ["AgentConfig", "load_config"]
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    agent_socket: str = setting(
+        "/tmp/traintrail/agent.sock",  # noqa: S108 - documented default, same as the SDK's
+        "Unix socket the SDK connects to (SDK side: TRAINTRAIL_AGENT_SOCKET).",
+    )
+    agent_node: str = setting("", "Node name in every envelope; empty means the host name.")
+    sdk_spool_dir: str = setting(
+        "/tmp/traintrail/sdk-spool",  # noqa: S108 - documented default, same as the SDK's
+        "Where SDKs spool while the agent is down; imported at agent start.",
+    )
+    agent_stop_timeout_s: float = setting(
+        10.0, "On SIGTERM, how long to wait for Kafka to acknowledge; the rest stays spooled."
+    )
+    spool_dir: str = setting(".traintrail/spool", "The agent's on-disk spool (WAL) directory.")
+    spool_segment_bytes: int = setting(64 * 1024 * 1024, "Spool segment size before rolling.")
+    spool_fsync: bool = setting(True, "fsync each appended batch before acknowledging the SDK.")
+    kafka_bootstrap: str = setting("127.0.0.1:19092", "Kafka bootstrap servers, host:port[,...].")
+    kafka_topic_prefix: str = setting("traintrail", "Topics are <prefix>.training, .hardware, ...")
+    kafka_compression: str = setting("lz4", "Producer compression: none, gzip, snappy, lz4, zstd.")
+    kafka_linger_ms: int = setting(5, "Producer batching delay in milliseconds.")
+    log_level: str = setting("info", "debug, info, warning or error.")
+    log_format: str = setting("auto", "json, console, or auto (console on a TTY).")
+
+    @property
+    def node(self) -> str:
+        return self.agent_node or socket.gethostname()
+
+
+def load_config(path: Path | None = None, **overrides: object) -> AgentConfig:
+    config = load_settings(AgentConfig, path, overrides=overrides)
+    return replace(
+        config,
+        agent_socket=str(Path(config.agent_socket).absolute()),
+        sdk_spool_dir=str(Path(config.sdk_spool_dir).absolute()),
+        spool_dir=str(Path(config.spool_dir).absolute()),
+    )

@@ -1,0 +1,1 @@
+"""Where events enter the agent: the SDK socket now; hardware and access sources later."""

@@ -1,0 +1,97 @@
+"""The Unix socket training processes talk to.
+
+Line protocol, one JSON object per line each way:
+  SDK → agent  {"v": 1, "events": [{"type", "event_id", "time_us", "stream", "key", "body"}, ...]}
+  agent → SDK  {"ok": true, "accepted": n, "rejected": [{"event_id", "error"}]}
+The reply is written only after the batch is in the spool, so an SDK that got
+"ok" may forget the batch. `"ok": false` (bad line, spool unwritable) means
+nothing of the batch was kept: the SDK keeps it and sends it again.
+"""
+
+from __future__ import annotations
+
+import json
+import socketserver
+import threading
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent.errors import SpoolError
+from agent.ingest import Ingest
+
+__all__ = ["SdkSocketServer", "handle_line"]
+
+log = structlog.get_logger("traintrail.sdk_socket")
+
+_MAX_LINE = 64 * 1024 * 1024
+
+
+def handle_line(ingest: Ingest, line: bytes) -> dict[str, Any]:
+    """One request line → its reply object."""
+    try:
+        request = json.loads(line)
+        if not isinstance(request, dict) or request.get("v") != 1:
+            raise ValueError('expected an object with "v": 1')
+        events = request.get("events")
+        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+            raise ValueError('"events" must be a list of objects')
+    except ValueError as exc:
+        return {"ok": False, "error": f"bad request: {exc}"}
+    try:
+        accepted, rejected = ingest.accept(events)
+    except SpoolError as exc:
+        log.error("spool append failed; batch refused", error=str(exc))
+        return {"ok": False, "error": str(exc)}
+    return {
+        "ok": True,
+        "accepted": accepted,
+        "rejected": [{"event_id": r.event_id, "error": r.error} for r in rejected],
+    }
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        while True:
+            line = self.rfile.readline(_MAX_LINE)
+            if not line:
+                return
+            if not line.endswith(b"\n"):
+                reply: dict[str, Any] = {"ok": False, "error": "line too long or unterminated"}
+            else:
+                reply = handle_line(self.server.ingest, line)
+            self.wfile.write(json.dumps(reply).encode() + b"\n")
+            self.wfile.flush()
+
+
+class _Server(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+    ingest: Ingest
+
+
+class SdkSocketServer:
+    def __init__(self, path: str, ingest: Ingest) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_socket():
+            self.path.unlink()  # left by a killed agent; nobody answers on it
+        self._server = _Server(str(self.path), _Handler)
+        self._server.ingest = ingest
+        # Training processes of any local user may report; what they send is
+        # attributed to their run, and the socket accepts nothing else.
+        self.path.chmod(0o666)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="sdk-socket", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("sdk socket listening", path=str(self.path))
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self.path.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""traintrail collector: Kafka → ClickHouse, the query API and CLI (`traintrail`)."""

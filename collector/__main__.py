@@ -1,0 +1,5 @@
+"""`python -m collector` is `traintrail`."""
+
+from collector.cli import main
+
+main()

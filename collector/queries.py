@@ -1,0 +1,156 @@
+"""One named, parameterized SQL query per question the CLI and API answer.
+
+Every read uses FINAL so a redelivered event is counted once. Results are
+plain JSON-ready dicts: the HTTP API returns them as they are, and the CLI
+prints them the same whether it asked the API or ClickHouse directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import uuid
+from typing import Any
+
+from collector.store import Store
+
+__all__ = [
+    "dead_letters",
+    "jsonable",
+    "lineage",
+    "list_runs",
+    "metric_series",
+    "metric_summary",
+    "show_run",
+]
+
+_LIST_RUNS = """
+SELECT r.run_id AS run_id, r.project AS project, r.name AS name, r.user AS user,
+       r.host AS host, r.event_time AS started,
+       if(f.run_id = '', 'running', f.status) AS status,
+       if(f.run_id = '', NULL, f.finished) AS finished
+FROM (SELECT * FROM runs FINAL WHERE {project:String} = '' OR project = {project:String}) AS r
+LEFT JOIN (
+    SELECT run_id, argMax(status, event_time) AS status, max(event_time) AS finished
+    FROM run_finished FINAL GROUP BY run_id
+) AS f ON f.run_id = r.run_id
+ORDER BY started DESC
+LIMIT {limit:UInt32}
+"""
+
+
+def list_runs(store: Store, limit: int = 50, project: str = "") -> list[dict[str, Any]]:
+    return _rows(store.query(_LIST_RUNS, {"limit": limit, "project": project}))
+
+
+def show_run(store: Store, run_id: str) -> dict[str, Any] | None:
+    """A run's context, lifecycle, datasets, checkpoints and metric summary."""
+    params = {"run_id": run_id}
+    runs = store.query("SELECT * FROM runs FINAL WHERE run_id = {run_id:String}", params)
+    if not runs:
+        return None
+    finished = store.query(
+        "SELECT status, summary, error, event_time AS finished FROM run_finished FINAL "
+        "WHERE run_id = {run_id:String} ORDER BY event_time DESC LIMIT 1",
+        params,
+    )
+    datasets = store.query(
+        "SELECT name, version, uri, content_hash, license, preprocessing, path, "
+        "event_time AS logged FROM datasets FINAL WHERE run_id = {run_id:String} "
+        "ORDER BY event_time",
+        params,
+    )
+    checkpoints = store.query(
+        "SELECT path, size_bytes, sha256, step, metrics, event_time AS logged "
+        "FROM checkpoints FINAL WHERE run_id = {run_id:String} ORDER BY event_time",
+        params,
+    )
+    run = runs[0]
+    run["status"] = finished[0]["status"] if finished else "running"
+    run["finished"] = finished[0] if finished else None
+    run["datasets"] = datasets
+    run["checkpoints"] = checkpoints
+    run["metrics"] = metric_summary(store, run_id)
+    result = jsonable(run)
+    assert isinstance(result, dict)
+    return result
+
+
+_SUMMARY = """
+SELECT name, count() AS points, min(step) AS first_step, max(step) AS last_step,
+       argMin(value, (step, time)) AS first, argMax(value, (step, time)) AS last,
+       minIf(value, isFinite(value)) AS min, maxIf(value, isFinite(value)) AS max,
+       countIf(NOT isFinite(value)) AS non_finite
+FROM metrics FINAL
+WHERE run_id = {run_id:String}
+GROUP BY name
+ORDER BY name
+"""
+
+
+def metric_summary(store: Store, run_id: str) -> list[dict[str, Any]]:
+    return _rows(store.query(_SUMMARY, {"run_id": run_id}))
+
+
+def metric_series(
+    store: Store, run_id: str, name: str, limit: int = 100_000, every: int = 1
+) -> list[dict[str, Any]]:
+    """Points in step order; `every` > 1 keeps only steps divisible by it."""
+    return _rows(
+        store.query(
+            "SELECT step, time, value FROM metrics FINAL "
+            "WHERE run_id = {run_id:String} AND name = {name:String} "
+            "AND step % {every:UInt32} = 0 "
+            "ORDER BY step, time LIMIT {limit:UInt32}",
+            {"run_id": run_id, "name": name, "limit": limit, "every": max(1, every)},
+        )
+    )
+
+
+def lineage(store: Store, sha256: str) -> list[dict[str, Any]]:
+    """Every run that wrote a checkpoint with this content hash, in full."""
+    rows = store.query(
+        "SELECT DISTINCT run_id FROM checkpoints FINAL WHERE sha256 = {sha:String}",
+        {"sha": sha256.lower()},
+    )
+    found = []
+    for row in rows:
+        run = show_run(store, str(row["run_id"]))
+        if run is not None:
+            found.append(run)
+    return found
+
+
+def dead_letters(store: Store, limit: int = 100) -> list[dict[str, Any]]:
+    return _rows(
+        store.query(
+            "SELECT topic, partition, offset, key, reason, error_type, received_at, "
+            "length(raw) AS size_bytes, hex(substring(raw, 1, 32)) AS head_hex "
+            "FROM dead_letters FINAL ORDER BY received_at DESC, topic, partition, offset "
+            "LIMIT {limit:UInt32}",
+            {"limit": limit},
+        )
+    )
+
+
+def _rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [jsonable(row) for row in rows]
+
+
+def jsonable(value: Any) -> Any:
+    """Dates as ISO 8601 UTC, UUIDs as text, NaN/Inf as the strings JSON lacks."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, bytes):
+        return value.hex()
+    return value

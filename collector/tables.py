@@ -1,0 +1,162 @@
+"""Arrow column types of every table the router fills.
+
+Inserts go in as Arrow tables (the fastest path into chDB and the server
+alike); these schemas make each Python list land in the ClickHouse type the
+migration declares: UUIDs as strings, µs integers as UTC timestamps, maps as
+key/value lists.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+__all__ = ["IDENTITY", "TABLES"]
+
+_TS = pa.timestamp("us", tz="UTC")
+_STR_MAP = pa.map_(pa.string(), pa.string())
+_F64_MAP = pa.map_(pa.string(), pa.float64())
+
+IDENTITY: list[tuple[str, pa.DataType]] = [
+    ("event_id", pa.string()),
+    ("event_time", _TS),
+    ("node", pa.string()),
+    ("stream", pa.string()),
+    ("seq", pa.uint64()),
+    ("prev_hash", pa.string()),
+    ("schema_fp", pa.string()),
+]
+
+
+def _schema(*fields: tuple[str, pa.DataType]) -> pa.Schema:
+    return pa.schema(list(fields) + IDENTITY)
+
+
+TABLES: dict[str, pa.Schema] = {
+    "runs": _schema(
+        ("run_id", pa.string()),
+        ("project", pa.string()),
+        ("name", pa.string()),
+        ("user", pa.string()),
+        ("host", pa.string()),
+        ("pid", pa.uint32()),
+        ("command", pa.list_(pa.string())),
+        ("cwd", pa.string()),
+        ("config", _STR_MAP),
+        ("git_commit", pa.string()),
+        ("git_branch", pa.string()),
+        ("git_dirty", pa.bool_()),
+        ("git_remote", pa.string()),
+        ("python_version", pa.string()),
+        ("python_implementation", pa.string()),
+        ("python_executable", pa.string()),
+        ("os", pa.string()),
+        ("packages", _STR_MAP),
+    ),
+    "run_finished": _schema(
+        ("run_id", pa.string()),
+        ("status", pa.string()),
+        ("summary", _F64_MAP),
+        ("error", pa.string()),
+    ),
+    "metrics": _schema(
+        ("run_id", pa.string()),
+        ("name", pa.string()),
+        ("step", pa.int64()),
+        ("time", _TS),
+        ("value", pa.float64()),
+        ("idx", pa.uint32()),
+    ),
+    "checkpoints": _schema(
+        ("run_id", pa.string()),
+        ("path", pa.string()),
+        ("size_bytes", pa.uint64()),
+        ("sha256", pa.string()),
+        ("step", pa.int64()),
+        ("metrics", _F64_MAP),
+    ),
+    "datasets": _schema(
+        ("run_id", pa.string()),
+        ("name", pa.string()),
+        ("version", pa.string()),
+        ("uri", pa.string()),
+        ("content_hash", pa.string()),
+        ("license", pa.string()),
+        ("preprocessing", pa.list_(pa.string())),
+        ("path", pa.string()),
+    ),
+    "gpu_samples": _schema(
+        ("gpu_uuid", pa.string()),
+        ("gpu_index", pa.uint8()),
+        ("gpu_name", pa.string()),
+        ("utilization_gpu", pa.uint8()),
+        ("utilization_memory", pa.uint8()),
+        ("memory_used_bytes", pa.uint64()),
+        ("memory_total_bytes", pa.uint64()),
+        ("temperature_c", pa.int16()),
+        ("power_w", pa.float64()),
+        ("power_limit_w", pa.float64()),
+        ("sm_clock_mhz", pa.uint32()),
+        ("mem_clock_mhz", pa.uint32()),
+        ("pstate", pa.uint8()),
+        ("throttle_reasons", pa.uint64()),
+        ("ecc_corrected", pa.uint64()),
+        ("ecc_uncorrected", pa.uint64()),
+        ("retired_pages", pa.uint64()),
+        ("pcie_tx_kbps", pa.uint64()),
+        ("pcie_rx_kbps", pa.uint64()),
+        ("process_pid", pa.list_(pa.uint32())),
+        ("process_memory_bytes", pa.list_(pa.uint64())),
+        ("process_run_id", pa.list_(pa.string())),
+    ),
+    "host_samples": _schema(
+        ("cpu_percent", pa.float64()),
+        ("load1", pa.float64()),
+        ("load5", pa.float64()),
+        ("load15", pa.float64()),
+        ("memory_used_bytes", pa.uint64()),
+        ("memory_total_bytes", pa.uint64()),
+        ("disk_read_bytes", pa.uint64()),
+        ("disk_write_bytes", pa.uint64()),
+        ("net_rx_bytes", pa.uint64()),
+        ("net_tx_bytes", pa.uint64()),
+        ("process_pid", pa.list_(pa.uint32())),
+        ("process_run_id", pa.list_(pa.string())),
+        ("process_cpu", pa.list_(pa.float64())),
+        ("process_rss_bytes", pa.list_(pa.uint64())),
+    ),
+    "access_log": _schema(
+        ("source", pa.string()),
+        ("action", pa.string()),
+        ("path", pa.string()),
+        ("user", pa.string()),
+        ("uid", pa.int64()),
+        ("pid", pa.int64()),
+        ("exe", pa.string()),
+        ("success", pa.bool_()),
+        ("run_id", pa.string()),
+        ("detail", _STR_MAP),
+    ),
+    "alerts": _schema(
+        ("run_id", pa.string()),
+        ("detector", pa.string()),
+        ("metric", pa.string()),
+        ("step", pa.int64()),
+        ("value", pa.float64()),
+        ("baseline", pa.float64()),
+        ("severity", pa.string()),
+        ("state", pa.string()),
+        ("message", pa.string()),
+        ("params", _STR_MAP),
+    ),
+    "dead_letters": pa.schema(
+        [
+            ("topic", pa.string()),
+            ("partition", pa.int32()),
+            ("offset", pa.int64()),
+            ("key", pa.string()),
+            ("raw", pa.binary()),
+            ("reason", pa.string()),
+            ("error_type", pa.string()),
+        ]
+    ),
+}

@@ -1,0 +1,138 @@
+"""The agent's socket → spool path and the hash chain across restarts.
+
+Kafka is deliberately unreachable here: everything must wait in the spool,
+and the chain must continue where it stopped when the agent comes back.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from pathlib import Path
+from typing import Any
+
+from agent.config import load_config
+from agent.daemon import Agent
+from agent.spool import Spool
+from schemas import decode, default_registry, event_hash
+from tests.samples import body
+
+
+def _agent(tmp_path: Path) -> Agent:
+    with socket.socket() as s:  # a port nobody listens on: Kafka is "down"
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    config = load_config(
+        None,
+        agent_socket=str(tmp_path / "agent.sock"),
+        spool_dir=str(tmp_path / "spool"),
+        sdk_spool_dir=str(tmp_path / "sdk-spool"),
+        kafka_bootstrap=dead,
+        agent_node="test-node",
+        agent_stop_timeout_s=0.5,
+    )
+    return Agent(config)
+
+
+def _event(kind: str, run_id: str = "r1", **extra: Any) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "event_id": str(uuid.uuid4()),
+        "time_us": 1_700_000_000_000_000,
+        "stream": f"run/{run_id}",
+        "key": run_id,
+        "body": {**body(kind, run_id), **extra},
+    }
+
+
+def _send(path: Path, events: list[dict[str, Any]]) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(path))
+        s.sendall(json.dumps({"v": 1, "events": events}).encode() + b"\n")
+        reply = json.loads(s.makefile().readline())
+    assert isinstance(reply, dict)
+    return reply
+
+
+def _spooled(tmp_path: Path) -> list[dict[str, Any]]:
+    records = Spool(tmp_path / "spool" / "segments").open()
+    out = []
+    for r in records:
+        decoded = decode(default_registry(), r.value).record
+        decoded["_hash"] = event_hash(r.value)
+        decoded["_topic"] = r.topic
+        out.append(decoded)
+    return out
+
+
+def test_chain_continues_across_restart(tmp_path: Path) -> None:
+    agent = _agent(tmp_path)
+    agent.start()
+    assert _send(tmp_path / "agent.sock", [_event("RunStarted"), _event("Metrics")])["ok"]
+    agent.stop()
+
+    agent = _agent(tmp_path)
+    agent.start()
+    reply = _send(tmp_path / "agent.sock", [_event("Metrics"), _event("RunFinished")])
+    assert reply == {"ok": True, "accepted": 2, "rejected": []}
+    agent.stop()
+
+    events = _spooled(tmp_path)
+    envs = [e["envelope"] for e in events]
+    assert [e["seq"] for e in envs] == [0, 1, 2, 3]
+    assert envs[0]["prev_hash"] == b""
+    for prev, cur in zip(events, envs[1:], strict=False):
+        assert cur["prev_hash"] == prev["_hash"]
+    assert {e["_topic"] for e in events} == {"traintrail.training"}
+    assert all(e["node"] == "test-node" for e in envs)
+
+
+def test_resent_event_is_spooled_once(tmp_path: Path) -> None:
+    agent = _agent(tmp_path)
+    agent.start()
+    event = _event("RunStarted")
+    assert _send(tmp_path / "agent.sock", [event])["accepted"] == 1
+    assert _send(tmp_path / "agent.sock", [event])["accepted"] == 1
+    agent.stop()
+    assert len(_spooled(tmp_path)) == 1
+
+
+def test_bad_events_are_rejected_with_a_reason(tmp_path: Path) -> None:
+    agent = _agent(tmp_path)
+    agent.start()
+    good = _event("RunStarted")
+    bad_shape = _event("Metrics")
+    del bad_shape["body"]["names"]
+    not_allowed = _event("GpuSample")
+    reply = _send(tmp_path / "agent.sock", [good, bad_shape, not_allowed])
+    garbage = _raw(tmp_path / "agent.sock", b"{not json\n")
+    agent.stop()
+    assert reply["ok"] and reply["accepted"] == 1
+    errors = {r["event_id"]: r["error"] for r in reply["rejected"]}
+    assert "names" in errors[bad_shape["event_id"]]
+    assert "not accepted" in errors[not_allowed["event_id"]]
+    assert garbage["ok"] is False and "bad request" in garbage["error"]
+    assert len(_spooled(tmp_path)) == 1
+
+
+def test_sdk_spool_of_an_ended_process_is_imported(tmp_path: Path) -> None:
+    sdk_spool = tmp_path / "sdk-spool"
+    sdk_spool.mkdir()
+    dead_pid = 2**22 + 17  # above pid_max on default kernels: never alive
+    line = json.dumps({"v": 1, "events": [_event("RunStarted", "r9")]})
+    (sdk_spool / f"r9.{dead_pid}.jsonl").write_text(line + "\n")
+    agent = _agent(tmp_path)
+    agent.start()
+    agent.stop()
+    assert not list(sdk_spool.glob("*.jsonl"))
+    assert [e["run_id"] for e in _spooled(tmp_path)] == ["r9"]
+
+
+def _raw(path: Path, data: bytes) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(path))
+        s.sendall(data)
+        reply = json.loads(s.makefile().readline())
+    assert isinstance(reply, dict)
+    return reply

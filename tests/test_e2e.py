@@ -1,0 +1,183 @@
+"""SDK → agent → Kafka → collector → ClickHouse, every part real.
+
+Training runs are real processes using `agent.sdk`; the agent and the
+collector are the installed commands; assertions read the collector's
+query API (the way users read an embedded store).
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from schemas import default_registry, encode, event_hash
+from tests.procs import AgentProc, CollectorProc, stack_env, wait_for
+from tests.samples import record
+from tests.test_schemas.test_codec import decode_with_reference_avro
+
+pytestmark = pytest.mark.kafka
+
+_RUN = """
+import sys
+from pathlib import Path
+from agent.sdk import start_run
+
+socket_path, name, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+out.mkdir(parents=True, exist_ok=True)
+with start_run("e2e", name, config={"steps": steps}, socket_path=socket_path) as run:
+    for step in range(steps):
+        run.log({"loss": 1.0 / (step + 1), "acc": step / steps}, step=step)
+        if step % (steps // 5) == 0:
+            ckpt = out / f"{name}-{step}.bin"
+            ckpt.write_bytes(name.encode() * (step + 1))
+            run.log_checkpoint(ckpt, step=step)
+print(run.run_id)
+"""
+
+
+@pytest.fixture
+def stack(tmp_path: Path, kafka_bootstrap: str) -> Any:
+    prefix = f"e2e{uuid.uuid4().hex[:8]}"
+    env = stack_env(tmp_path, kafka_bootstrap, prefix)
+    collector = CollectorProc(tmp_path / "collector", env).start()
+    agent = AgentProc(tmp_path / "agent", env).start()
+    yield collector, agent, env, prefix
+    for proc in (agent, collector):
+        if proc.alive():
+            assert proc.stop() == 0, proc.log()
+
+
+def _train(socket: Path, name: str, steps: int, out: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _RUN, str(socket), name, str(steps), str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_two_concurrent_runs_arrive_complete_ordered_once(stack: Any, tmp_path: Path) -> None:
+    collector, agent, env, prefix = stack
+    runs = [_train(agent.socket, f"run{i}", 2500, tmp_path / "ckpt") for i in range(2)]
+    run_ids = []
+    for proc in runs:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0
+        run_ids.append(out.strip().splitlines()[-1])
+
+    def finished() -> bool:
+        n = collector.scalar("SELECT count() FROM run_finished FINAL")
+        return bool(n == 2)
+
+    wait_for("both runs finished in ClickHouse", finished, timeout=120)
+    for run_id in run_ids:
+        where = f"run_id = '{run_id}'"
+        assert collector.scalar(f"SELECT count() FROM metrics FINAL WHERE {where}") == 5000
+        assert (
+            collector.scalar(f"SELECT uniqExact(name, step) FROM metrics FINAL WHERE {where}")
+            == 5000
+        )
+        assert (
+            collector.scalar(f"SELECT uniqExact(event_id, idx) FROM metrics FINAL WHERE {where}")
+            == 5000
+        )
+        assert collector.scalar(f"SELECT count() FROM checkpoints FINAL WHERE {where}") == 5
+        # Ordered per run: one stream, sequence numbers 0..n-1 without gap or
+        # repeat, and every batch's steps come after the previous batch's.
+        seqs = collector.sql(
+            "SELECT seq, min(step) AS lo, max(step) AS hi FROM ("
+            f" SELECT seq, step FROM metrics FINAL WHERE {where}"
+            f" UNION ALL SELECT seq, step FROM checkpoints FINAL WHERE {where}"
+            f" UNION ALL SELECT seq, -1 AS step FROM runs FINAL WHERE {where}"
+            f" UNION ALL SELECT seq, 1000000 AS step FROM run_finished FINAL WHERE {where}"
+            ") GROUP BY seq ORDER BY seq"
+        )
+        assert [r["seq"] for r in seqs] == list(range(len(seqs)))
+        assert all(a["hi"] <= b["lo"] for a, b in itertools.pairwise(seqs))
+        run = collector.get(f"/runs/{run_id}")
+        assert run["status"] == "finished"
+        assert {m["name"]: m["points"] for m in run["metrics"]} == {"acc": 2500, "loss": 2500}
+
+    # A plain Kafka consumer and the reference Apache Avro library, given
+    # only schemas/avro/, read what the agent wrote.
+    consumer = Consumer(
+        {
+            "bootstrap.servers": env["TRAINTRAIL_KAFKA_BOOTSTRAP"],
+            "group.id": f"plain-{prefix}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([f"{prefix}.training"])
+    messages = wait_for(
+        "messages from a plain consumer",
+        lambda: consumer.consume(num_messages=20, timeout=1.0),
+        timeout=30,
+    )
+    consumer.close()
+    for message in messages:
+        decoded = decode_with_reference_avro(message.value())
+        assert decoded["run_id"] in run_ids
+        assert message.key() == decoded["run_id"].encode()
+
+
+def _feed(bootstrap: str, topic: str, run_id: str, batches: int, points: int) -> None:
+    """Write one run's Metrics batches and its RunFinished straight to the topic."""
+    reg = default_registry()
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    prev = b""
+    for seq in range(batches + 1):
+        kind = "Metrics" if seq < batches else "RunFinished"
+        rec = record(kind, run_id, seq=seq, prev=prev)
+        if kind == "Metrics":
+            rec.update(
+                names=["loss"],
+                step=list(range(seq * points, (seq + 1) * points)),
+                time_us=[rec["envelope"]["time_us"]] * points,
+                name_idx=[0] * points,
+                value=[1.0] * points,
+            )
+        data = encode(reg, kind, rec)
+        prev = event_hash(data)
+        producer.produce(topic, key=run_id.encode(), value=data)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+def test_collector_sigkilled_mid_stream_loses_and_doubles_nothing(stack: Any) -> None:
+    collector, _agent, env, prefix = stack
+    collector.stop()
+    collector.env = {**collector.env, "TRAINTRAIL_COLLECTOR_BATCH_MAX_MESSAGES": "20"}
+    run_id = f"killme-{uuid.uuid4().hex[:8]}"
+    batches, points = 3000, 10
+    expected = batches * points
+    _feed(env["TRAINTRAIL_KAFKA_BOOTSTRAP"], f"{prefix}.training", run_id, batches, points)
+    where = f"run_id = '{run_id}'"
+
+    collector.start()
+    count = wait_for(
+        "some points stored",
+        lambda: collector.scalar(f"SELECT count() FROM metrics FINAL WHERE {where}"),
+        timeout=60,
+        interval=0.02,
+    )
+    collector.kill()
+    assert 0 < count < expected, "the kill must land mid-stream"
+
+    collector.start()
+    wait_for(
+        "the whole stream stored after restart",
+        lambda: collector.scalar(f"SELECT count() FROM run_finished FINAL WHERE {where}") == 1,
+        timeout=120,
+    )
+    assert collector.scalar(f"SELECT count() FROM metrics FINAL WHERE {where}") == expected
+    assert (
+        collector.scalar(f"SELECT uniqExact(event_id, idx) FROM metrics FINAL WHERE {where}")
+        == expected
+    )
+    assert collector.scalar(f"SELECT uniqExact(seq) FROM metrics FINAL WHERE {where}") == batches

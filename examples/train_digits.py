@@ -2,7 +2,7 @@
 
 It exists to exercise the whole traintrail path end to end in seconds on a
 CPU: a RunStarted context, a DatasetUsed record with a content hash, per-step
-metrics, a checkpoint per epoch, and a deliberate learning-rate jump halfway
+metrics, a checkpoint every few epochs, and a deliberate learning-rate jump halfway
 through so the loss spikes and the loss-spike detector has something to find.
 
     python examples/train_digits.py --epochs 20 --lr 0.05 --seed 0
@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=".traintrail/checkpoints", help="checkpoint directory")
     p.add_argument("--socket", default=None, help="agent socket (default: SDK default)")
+    p.add_argument("--ckpt-every", type=int, default=5, help="checkpoint every N epochs (and last)")
     return p.parse_args(argv)
 
 
@@ -45,9 +46,14 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 def progress(epoch: int, epochs: int, step: int, steps: int, loss: float) -> None:
+    """A live bar on a terminal; one line per epoch in a log file."""
+    tty = sys.stderr.isatty()
+    if not tty and step != steps:
+        return
     done = int(30 * step / steps)
     bar = "#" * done + "." * (30 - done)
-    sys.stderr.write(f"\r[{bar}] epoch {epoch + 1}/{epochs} step {step}/{steps} loss {loss:.4f}")
+    line = f"[{bar}] epoch {epoch + 1}/{epochs} step {step}/{steps} loss {loss:.4f}"
+    sys.stderr.write(f"\r{line}" if tty else f"    {line}\n")
     sys.stderr.flush()
 
 
@@ -115,12 +121,15 @@ def main(argv: list[str] | None = None) -> str:
             h = np.maximum(x_test @ w1 + b1, 0.0)
             test_accuracy = float(((h @ w2 + b2).argmax(axis=1) == y_test).mean())
             run.log({"test_accuracy": test_accuracy}, step=step - 1)
+            if (epoch + 1) % args.ckpt_every and epoch + 1 != args.epochs:
+                continue
             path = run_dir / f"epoch-{epoch:03d}.npz"
             np.savez(path, w1=w1, b1=b1, w2=w2, b2=b2)
             run.log_checkpoint(
                 path, step=step - 1, metrics={"loss": loss, "test_accuracy": test_accuracy}
             )
-        sys.stderr.write("\n")
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
     print(f"final loss={loss:.4f} test_accuracy={test_accuracy:.4f}")
     print(f"run_id={run.run_id}")
     return run.run_id

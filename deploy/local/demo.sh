@@ -93,8 +93,8 @@ echo
 say "traintrail runs show $RUN_ID"
 traintrail runs show "$RUN_ID"
 echo
-say "traintrail metrics $RUN_ID --name loss --every 40   (the spike is the learning-rate jump)"
-traintrail metrics "$RUN_ID" --name loss --every 40
+say "traintrail metrics $RUN_ID --name loss --every 20   (the jump after step 220 is the learning-rate x20)"
+traintrail metrics "$RUN_ID" --name loss --every 20
 echo
 SHA=$(traintrail runs show "$RUN_ID" --json | python -c 'import json,sys; print(json.load(sys.stdin)["checkpoints"][-1]["sha256"])')
 say "traintrail lineage $SHA   (which run, data, code and environment produced this checkpoint)"

@@ -30,9 +30,42 @@ class AgentConfig:
     agent_stop_timeout_s: float = setting(
         10.0, "On SIGTERM, how long to wait for Kafka to acknowledge; the rest stays spooled."
     )
+    agent_metrics_host: str = setting(
+        "127.0.0.1", "Address of the /metrics (Prometheus) and /status (JSON) endpoint."
+    )
+    agent_metrics_port: int = setting(9781, "Port of /metrics and /status; 0 picks a free one.")
     spool_dir: str = setting(".traintrail/spool", "The agent's on-disk spool (WAL) directory.")
     spool_segment_bytes: int = setting(64 * 1024 * 1024, "Spool segment size before rolling.")
-    spool_fsync: bool = setting(True, "fsync each appended batch before acknowledging the SDK.")
+    spool_fsync: bool = setting(
+        True,
+        "fsync each appended batch before acknowledging it (measured cost: bench/agent_spool.py).",
+    )
+    spool_max_bytes: int = setting(
+        2 * 1024**3,
+        "Limit of the critical spool (training, access, GPU error events); when full, new "
+        "batches are refused (the SDK keeps and retries them) and an alert is raised.",
+    )
+    spool_samples_max_bytes: int = setting(
+        256 * 1024**2,
+        "Limit of the hardware-sample spool; when full its oldest samples are dropped, counted.",
+    )
+    gpu_enabled: bool = setting(True, "Sample GPUs through NVML (off by itself on CPU nodes).")
+    gpu_interval_s: float = setting(1.0, "GPU sampling interval; XID/ECC events are immediate.")
+    host_enabled: bool = setting(True, "Sample CPU, memory, disk, network and run processes.")
+    host_interval_s: float = setting(5.0, "Host sampling interval.")
+    access_watch_paths: str = setting(
+        "", "Comma-separated directories watched with inotify (datasets, checkpoints, code)."
+    )
+    access_audit_log: str = setting(
+        "/var/log/audit/audit.log", "auditd log to follow; empty turns the source off."
+    )
+    access_audit_keys: str = setting(
+        "", "Comma-separated audit rule keys (-k) to keep; empty keeps every key."
+    )
+    access_auth_log: str = setting(
+        "/var/log/auth.log",
+        "sshd/sudo log to follow (/var/log/secure on RHEL); empty turns the source off.",
+    )
     kafka_bootstrap: str = setting("127.0.0.1:19092", "Kafka bootstrap servers, host:port[,...].")
     kafka_topic_prefix: str = setting("traintrail", "Topics are <prefix>.training, .hardware, ...")
     kafka_compression: str = setting("lz4", "Producer compression: none, gzip, snappy, lz4, zstd.")

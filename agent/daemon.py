@@ -1,110 +1,284 @@
-"""Wiring of the node agent: spool → shipper → ingest → sources; stop in reverse.
+"""Wiring of the node agent: spools → shipper → ingest → sources; stop in reverse.
 
-Start order matters: the spool is replayed and the hash chain recovered
-before anything new is accepted, so sequence numbers continue where the
-last run (or crash) left them and spooled records go out first.
+Start order matters: the spools are checked and the hash chain recovered
+before anything new is accepted, so sequence numbers continue where the last
+run (or crash) left them and spooled records go out first. SIGTERM stops the
+sources and the socket, gives Kafka a bounded time, and leaves the rest in
+the spool. SIGHUP re-reads the config file and restarts the sources with it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import structlog
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, load_config
 from agent.envelope import Chain
+from agent.errors import SpoolFullError
 from agent.ingest import Ingest
+from agent.metrics import StatusServer, status
+from agent.runs import RunRegistry
 from agent.shipper import Shipper
+from agent.sources.base import Source
 from agent.sources.sdk_socket import SdkSocketServer
 from agent.spool import Spool
 from schemas import SchemaError, decode, default_registry, event_hash
+from schemas.logs import configure_logging
 from schemas.topics import SDK_TYPES
 
-__all__ = ["Agent", "import_sdk_spools"]
+__all__ = ["Agent", "build_sources", "import_sdk_spools"]
 
 log = structlog.get_logger("traintrail.agent")
+
+# Settings a SIGHUP can change; the rest need a restart.
+_RELOADABLE = {"gpu", "host", "access", "log"}
+
+
+def build_sources(config: AgentConfig, node: str, runs: RunRegistry, state: Path) -> list[Source]:
+    """The sources this config asks for (each switches itself off where the
+    node cannot support it)."""
+    sources: list[Source] = []
+    if config.gpu_enabled:
+        from agent.sources.nvml import GpuConfig, NvmlSource
+
+        sources.append(NvmlSource(GpuConfig(interval_s=config.gpu_interval_s), node, runs))
+    if config.host_enabled:
+        from agent.sources.host import HostConfig, HostSource
+
+        sources.append(HostSource(HostConfig(interval_s=config.host_interval_s), node, runs))
+    paths = tuple(p.strip() for p in config.access_watch_paths.split(",") if p.strip())
+    if paths:
+        from agent.sources.inotify import InotifyConfig, InotifySource
+
+        sources.append(InotifySource(InotifyConfig(paths=paths), node))
+    if config.access_audit_log:
+        from agent.sources.auditd import AuditdConfig, AuditdSource
+
+        keys = tuple(k.strip() for k in config.access_audit_keys.split(",") if k.strip())
+        sources.append(
+            AuditdSource(AuditdConfig(path=config.access_audit_log, keys=keys), node, state)
+        )
+    if config.access_auth_log:
+        from agent.sources.authlog import AuthLogConfig, AuthLogSource
+
+        sources.append(AuthLogSource(AuthLogConfig(path=config.access_auth_log), node, state))
+    return sources
+
+
+@dataclass
+class _Running:
+    source: Source
+    thread: threading.Thread
 
 
 @dataclass
 class Agent:
     config: AgentConfig
+    config_path: Path | None = None
+    _running: list[_Running] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         root = Path(self.config.spool_dir)
         root.mkdir(parents=True, exist_ok=True)
+        self.node = self.config.node
+        self.started = time.time()
         self.registry = default_registry()
+        self.runs = RunRegistry()
         self.chain_path = root / "chain.json"
         self.chain = Chain.load(self.chain_path)
-        self.spool = Spool(
+        save = lambda: self.chain.save(self.chain_path)  # noqa: E731
+        self.critical = Spool(
             root / "segments",
             self.config.spool_segment_bytes,
             self.config.spool_fsync,
-            before_trim=lambda: self.chain.save(self.chain_path),
+            self.config.spool_max_bytes,
+            "refuse",
+            save,
+        )
+        self.samples = Spool(
+            root / "samples",
+            self.config.spool_segment_bytes,
+            self.config.spool_fsync,
+            self.config.spool_samples_max_bytes,
+            "drop_oldest",
+            save,
         )
         self.shipper = Shipper(
-            self.spool,
+            [self.critical, self.samples],
             bootstrap=self.config.kafka_bootstrap,
             compression=self.config.kafka_compression,
             linger_ms=self.config.kafka_linger_ms,
         )
         self.ingest = Ingest(
             self.chain,
-            self.spool,
-            self.shipper,
+            self.critical,
+            self.samples,
             self.registry,
-            self.config.node,
+            self.node,
             self.config.kafka_topic_prefix,
-            allowed_types=SDK_TYPES,
+            runs=self.runs,
         )
         self.socket = SdkSocketServer(self.config.agent_socket, self.ingest)
+        self.status_server = StatusServer(
+            self.config.agent_metrics_host,
+            self.config.agent_metrics_port,
+            self.status,
+            self.shipper,
+        )
         self._stopped = threading.Event()
+        self._sources_stop = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
-        replay = self.spool.open()
-        for record in replay:
-            try:
-                env = decode(self.registry, record.value).record["envelope"]
-            except SchemaError as exc:  # cannot happen for what we encoded; keep it spooled
-                log.error("spooled record does not decode", rid=record.rid, error=str(exc))
-                continue
-            self.chain.link(env["stream"], env["seq"], event_hash(record.value))
-        log.info("spool replayed", records=len(replay), streams=len(self.chain.links))
-        self.shipper.submit(replay)
+        waiting = self.critical.open() + self.samples.open()
+        self._recover_chain()
+        log.info("spool checked", records_waiting=waiting, streams=len(self.chain.links))
         self.shipper.start()
         imported = import_sdk_spools(self.ingest, Path(self.config.sdk_spool_dir))
         if imported:
             log.info("imported SDK spools", events=imported)
         self.socket.start()
+        self.status_server.start()
+        # `traintrail-agent status` finds the endpoint here (the port may be 0).
+        (Path(self.config.spool_dir) / "agent.url").write_text(self.status_server.url + "\n")
+        log.info("status endpoint", url=self.status_server.url)
+        self._start_sources()
+
+    def _recover_chain(self) -> None:
+        for spool in (self.critical, self.samples):
+            cursor = spool.first_rid()
+            while True:
+                records, cursor = spool.read(cursor, 5000)
+                if not records:
+                    break
+                for record in records:
+                    try:
+                        env = decode(self.registry, record.value).record["envelope"]
+                    except SchemaError as exc:  # cannot happen for what we encoded
+                        log.error("spooled record does not decode", rid=record.rid, error=str(exc))
+                        continue
+                    self.chain.link(env["stream"], env["seq"], event_hash(record.value))
 
     def stop(self) -> None:
-        """Stop accepting, give deliveries a bounded time, keep the rest spooled."""
+        """Stop sources and socket, give deliveries a bounded time, keep the rest spooled."""
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self._stop_sources()
         self.socket.stop()
         left = self.shipper.stop(self.config.agent_stop_timeout_s)
         self.chain.save(self.chain_path)
-        self.spool.close()
+        self.critical.close()
+        self.samples.close()
+        self.status_server.stop()
         log.info("agent stopped", undelivered_left_in_spool=left)
 
     def run_forever(self) -> None:
         done = threading.Event()
+        reload = threading.Event()
 
         def _signal(signum: int, _frame: FrameType | None) -> None:
-            log.info("stopping", signal=signal.Signals(signum).name)
-            done.set()
+            if signum == signal.SIGHUP:
+                reload.set()
+            else:
+                log.info("stopping", signal=signal.Signals(signum).name)
+                done.set()
+            done_or_reload.set()
 
-        signal.signal(signal.SIGTERM, _signal)
-        signal.signal(signal.SIGINT, _signal)
+        done_or_reload = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, _signal)
         self.start()
-        done.wait()
+        while not done.is_set():
+            done_or_reload.wait()
+            done_or_reload.clear()
+            if reload.is_set() and not done.is_set():
+                reload.clear()
+                self.reload()
         self.stop()
+
+    def reload(self) -> None:
+        """Re-read the config file; restart the sources with what changed."""
+        try:
+            new = load_config(self.config_path)
+        except Exception as exc:  # keep running on the old config
+            log.error("reload failed; keeping the running config", error=str(exc))
+            return
+        changed = {
+            f.name
+            for f in dataclasses.fields(new)
+            if getattr(new, f.name) != getattr(self.config, f.name)
+        }
+        needs_restart = sorted(n for n in changed if n.split("_", 1)[0] not in _RELOADABLE)
+        if needs_restart:
+            log.warning("reload: these settings need a restart", settings=needs_restart)
+        applied = sorted(changed - set(needs_restart))
+        fields = {n: getattr(new, n) for n in applied}
+        self.config = dataclasses.replace(self.config, **fields)
+        configure_logging(self.config.log_level, self.config.log_format)
+        self._stop_sources()
+        self._start_sources()
+        log.info("config reloaded", applied=applied)
+
+    # -- sources ---------------------------------------------------------------
+
+    def _start_sources(self) -> None:
+        self._sources_stop = threading.Event()
+        state = Path(self.config.spool_dir) / "sources"
+        state.mkdir(parents=True, exist_ok=True)
+        for source in build_sources(self.config, self.node, self.runs, state):
+            thread = threading.Thread(
+                target=self._run_source,
+                args=(source, self._sources_stop),
+                name=f"source-{source.name}",
+                daemon=True,
+            )
+            self._running.append(_Running(source, thread))
+            thread.start()
+
+    def _stop_sources(self) -> None:
+        self._sources_stop.set()
+        for running in self._running:
+            running.thread.join(5.0)
+        self._running = []
+
+    def _run_source(self, source: Source, stop: threading.Event) -> None:
+        def emit(events: list[dict[str, Any]]) -> None:
+            try:
+                _accepted, rejected = self.ingest.accept(events)
+                source.stats.count(emitted=len(events) - len(rejected), errors=len(rejected))
+            except SpoolFullError:
+                source.stats.count(errors=len(events))  # alerted by ingest
+
+        source.stats.alive = True
+        try:
+            source.run(emit, stop)
+        except Exception:
+            log.exception("source crashed", source=source.name)
+            source.stats.count(errors=1)
+        finally:
+            source.stats.alive = False
+
+    def status(self) -> dict[str, Any]:
+        return status(
+            self.node,
+            self.started,
+            self.ingest,
+            {"critical": self.critical, "samples": self.samples},
+            self.shipper,
+            [r.source for r in self._running],
+        )
 
 
 def import_sdk_spools(ingest: Ingest, directory: Path) -> int:
@@ -122,12 +296,11 @@ def import_sdk_spools(ingest: Ingest, directory: Path) -> int:
             continue
         for number, line in enumerate(path.read_bytes().splitlines(), 1):
             try:
-                batch = json.loads(line)
-                events = batch["events"]
+                events = json.loads(line)["events"]
             except (ValueError, KeyError, TypeError):
                 log.warning("sdk spool: unreadable line skipped", file=path.name, line=number)
                 continue
-            accepted, _rejected = ingest.accept(events)
+            accepted, _rejected = ingest.accept(events, SDK_TYPES)
             total += accepted
         path.unlink()
     return total

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["AgentError", "SpoolCorruptError", "SpoolError"]
+__all__ = ["AgentError", "SpoolCorruptError", "SpoolError", "SpoolFullError"]
 
 
 class AgentError(Exception):
@@ -15,3 +15,8 @@ class SpoolError(AgentError):
 
 class SpoolCorruptError(SpoolError):
     """A spool frame failed its checksum where it cannot be a torn tail."""
+
+
+class SpoolFullError(SpoolError):
+    """The spool is at its byte limit and its policy is to refuse: the sender
+    keeps the batch (the SDK spools it locally and retries)."""

@@ -1,13 +1,21 @@
-"""Events in → envelope → encode → spool → shipper: the one way into the agent.
+"""Events in → envelope → encode → spool → (shipper): the one way into the agent.
 
-The SDK socket, the SDK spool import and (later) the hardware and access
-sources all hand events here. Under one lock per agent each event gets its
-stream position and previous hash, is encoded, and the batch is appended to
-the spool; only then is the chain advanced and the caller told "accepted".
+The SDK socket, the SDK spool import and the hardware and access sources
+all hand events here. Under one lock each event gets its stream position and
+previous hash and is encoded; the batch is appended to its spool; only then
+is the chain advanced and the caller told "accepted".
+
+Two spools, two policies: hardware samples go to a bounded spool that drops
+its oldest segments when full (a gap in GPU history is regrettable, a full
+disk is worse); training, access and GPU error events go to the critical
+spool, which refuses new batches when full: the SDK keeps them and retries,
+and the agent raises an alert and counts what a local source could not hand
+in. Nothing critical is dropped silently.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,16 +23,20 @@ from typing import Any
 import structlog
 
 from agent.envelope import Chain
-from agent.shipper import Shipper
+from agent.errors import SpoolFullError
+from agent.runs import RunRegistry
+from agent.sources.base import event
 from agent.spool import Spool
 from schemas import Registry, SchemaError, encode, event_hash
 from schemas.topics import TOPIC_OF, topic_for
 
-__all__ = ["Ingest", "Rejected"]
+__all__ = ["SAMPLE_TYPES", "Ingest", "Rejected"]
 
 log = structlog.get_logger("traintrail.ingest")
 
+SAMPLE_TYPES = frozenset({"GpuSample", "HostSample"})
 _RECENT_IDS = 200_000
+_ALERT_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -34,72 +46,151 @@ class Rejected:
 
 
 @dataclass
+class _Staged:
+    entries: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    links: list[tuple[str, int, bytes]] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Ingest:
     chain: Chain
-    spool: Spool
-    shipper: Shipper
+    critical: Spool
+    samples: Spool
     registry: Registry
     node: str
     topic_prefix: str
-    allowed_types: frozenset[str] | None = None
-    accepted_total: int = 0
+    runs: RunRegistry | None = None
+    accepted: int = 0
+    refused: int = 0
     _recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    _last_alert: float = 0.0
 
-    def accept(self, events: list[dict[str, Any]]) -> tuple[int, list[Rejected]]:
+    def accept(
+        self, events: list[dict[str, Any]], allowed: frozenset[str] | None = None
+    ) -> tuple[int, list[Rejected]]:
         """Spool `events` durably. Returns (accepted, rejected); a resent
-        event_id that was already spooled counts as accepted, not again."""
+        event_id that was already spooled counts as accepted, not again.
+
+        Raises SpoolFullError when the critical spool refuses the batch: then
+        nothing of the batch's critical events was kept."""
         rejected: list[Rejected] = []
         with self.chain.lock:
-            staged: list[tuple[str, bytes, bytes]] = []
-            links: list[tuple[str, int, bytes]] = []
-            pending_links: dict[str, tuple[int, bytes]] = {}
-            seen_now: list[str] = []
-            for event in events:
-                event_id = str(event.get("event_id", ""))
-                if event_id in self._recent or event_id in seen_now:
+            staged = {"critical": _Staged(), "samples": _Staged()}
+            pending: dict[str, tuple[int, bytes]] = {}
+            for ev in events:
+                event_id = str(ev.get("event_id", ""))
+                if event_id in self._recent or any(
+                    event_id in s.event_ids for s in staged.values()
+                ):
                     continue
                 try:
-                    topic, key, value, stream, seq = self._encode(event, pending_links)
+                    topic, key, value, stream, seq = self._encode(ev, pending, allowed)
                 except (SchemaError, KeyError, TypeError, ValueError) as exc:
                     rejected.append(Rejected(event_id, f"{type(exc).__name__}: {exc}"))
                     continue
                 digest = event_hash(value)
-                pending_links[stream] = (seq, digest)
-                links.append((stream, seq, digest))
-                staged.append((topic, key, value))
-                seen_now.append(event_id)
-            records = self.spool.append(staged)  # raises SpoolError: nothing accepted
-            for stream, seq, digest in links:
-                self.chain.link(stream, seq, digest)
-            for event_id in seen_now:
-                self._remember(event_id)
-        self.shipper.submit(records)
-        self.accepted_total += len(records)
+                pending[stream] = (seq, digest)
+                part = staged["samples" if ev["type"] in SAMPLE_TYPES else "critical"]
+                part.entries.append((topic, key, value))
+                part.links.append((stream, seq, digest))
+                part.event_ids.append(event_id)
+            try:
+                self.critical.append(staged["critical"].entries)
+            except SpoolFullError as exc:
+                self.refused += len(staged["critical"].entries)
+                self._alert_full(exc)
+                raise
+            self._commit(staged["critical"])
+            self._track_runs(events, staged["critical"].event_ids)
+            try:
+                self.samples.append(staged["samples"].entries)
+                self._commit(staged["samples"])
+            except SpoolFullError as exc:  # only a single batch larger than the limit
+                rejected += [Rejected(i, str(exc)) for i in staged["samples"].event_ids]
         for r in rejected:
             log.warning("event rejected", event_id=r.event_id, error=r.error)
         return len(events) - len(rejected), rejected
 
+    def _commit(self, part: _Staged) -> None:
+        for stream, seq, digest in part.links:
+            self.chain.link(stream, seq, digest)
+        for event_id in part.event_ids:
+            self._recent[event_id] = None
+        while len(self._recent) > _RECENT_IDS:
+            self._recent.popitem(last=False)
+        self.accepted += len(part.entries)
+
+    def _track_runs(self, events: list[dict[str, Any]], spooled: list[str]) -> None:
+        """Tell the run registry which pid trains which run, for the GPU and
+        host sources' per-process attribution."""
+        if self.runs is None or not spooled:
+            return
+        ids = set(spooled)
+        for ev in events:
+            if ev.get("event_id") not in ids:
+                continue
+            body = ev["body"]
+            if ev["type"] == "RunStarted":
+                self.runs.register(int(body["pid"]), str(body["run_id"]))
+            elif ev["type"] == "RunFinished":
+                self.runs.finish(str(body["run_id"]))
+
     def _encode(
-        self, event: dict[str, Any], pending: dict[str, tuple[int, bytes]]
+        self,
+        ev: dict[str, Any],
+        pending: dict[str, tuple[int, bytes]],
+        allowed: frozenset[str] | None,
     ) -> tuple[str, bytes, bytes, str, int]:
-        kind = str(event["type"])
-        if kind not in TOPIC_OF or (self.allowed_types and kind not in self.allowed_types):
+        kind = str(ev["type"])
+        if kind not in TOPIC_OF or (allowed is not None and kind not in allowed):
             raise ValueError(f"event type {kind!r} is not accepted here")
-        stream = str(event["stream"])
-        envelope = self.chain.envelope(
-            stream, str(event["event_id"]), int(event["time_us"]), self.node
-        )
+        stream = str(ev["stream"])
+        envelope = self.chain.envelope(stream, str(ev["event_id"]), int(ev["time_us"]), self.node)
         if stream in pending:  # an earlier event of this batch on the same stream
             seq, digest = pending[stream]
             envelope["seq"], envelope["prev_hash"] = seq + 1, digest
-        body = event["body"]
+        body = ev["body"]
         if not isinstance(body, dict):
             raise TypeError("body must be an object")
         value = encode(self.registry, kind, {**body, "envelope": envelope})
-        key = str(event.get("key") or stream).encode()
+        key = str(ev.get("key") or stream).encode()
         return topic_for(self.topic_prefix, kind), key, value, stream, envelope["seq"]
 
-    def _remember(self, event_id: str) -> None:
-        self._recent[event_id] = None
-        if len(self._recent) > _RECENT_IDS:
-            self._recent.popitem(last=False)
+    def _alert_full(self, exc: SpoolFullError) -> None:
+        """Log an alert and send one through the samples spool (which makes
+        room by dropping old samples), at most once a minute."""
+        log.error("ALERT critical spool full: refusing events", error=str(exc))
+        now = time.monotonic()
+        if now - self._last_alert < _ALERT_EVERY_S:
+            return
+        self._last_alert = now
+        alert = event(
+            "Alert",
+            f"agent/{self.node}",
+            self.node,
+            {
+                "run_id": None,
+                "detector": "agent_spool_full",
+                "metric": None,
+                "step": None,
+                "value": float(self.critical.stats().bytes),
+                "baseline": float(self.critical.max_bytes),
+                "severity": "critical",
+                "state": "firing",
+                "message": f"agent on {self.node}: critical spool full, refusing events "
+                f"({self.refused} so far); Kafka unreachable or too slow",
+                "params": {"spool": str(self.critical.directory)},
+            },
+        )
+        try:
+            envelope = self.chain.envelope(
+                alert["stream"], alert["event_id"], alert["time_us"], self.node
+            )
+            value = encode(self.registry, "Alert", {**alert["body"], "envelope": envelope})
+            self.samples.append(
+                [(topic_for(self.topic_prefix, "Alert"), self.node.encode(), value)]
+            )
+            self.chain.link(alert["stream"], envelope["seq"], event_hash(value))
+        except (SchemaError, SpoolFullError) as err:
+            log.error("could not spool the spool-full alert", error=str(err))

@@ -27,7 +27,9 @@ def producer_settings(bootstrap: str, compression: str, linger_ms: int) -> dict[
         "compression.type": compression,
         "linger.ms": linger_ms,
         "message.timeout.ms": 0,
-        "queue.buffering.max.kbytes": 256 * 1024,
+        # Bounded: during an outage what waits is on disk in the spool, not here.
+        "queue.buffering.max.kbytes": 16 * 1024,
+        "queue.buffering.max.messages": 100_000,
         "socket.keepalive.enable": True,
     }
 

@@ -1,10 +1,18 @@
 """Segmented append-only on-disk spool: the agent's write-ahead log.
 
-A batch is acknowledged to the SDK only once it is here (written and, by
+A batch is acknowledged to its sender only once it is here (written and, by
 default, fsynced), and a record leaves only after Kafka acknowledged it. Each
 record is framed with its length and CRC-32, so a tail torn by SIGKILL or
-power loss is detected and cut, never misread. Whole segments are deleted
-once every record in them is delivered and a newer segment exists.
+power loss is detected and cut, never misread. A segment is deleted once
+every record in it is delivered and a newer segment exists.
+
+Records are read back lazily by position (`read`), so a spool of gigabytes
+during a long Kafka outage costs disk, not memory.
+
+The spool is bounded (`max_bytes`). When a batch does not fit, the policy
+decides: `refuse` raises `SpoolFullError` (nothing is dropped; the sender
+keeps the batch), `drop_oldest` deletes the oldest segments, delivered or
+not, and counts what was lost.
 
 Frame: b"TT" | u32 payload length | u32 crc32(payload) | payload
 Payload: u16 topic length | topic | u16 key length | key | value
@@ -17,18 +25,20 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import structlog
 
-from agent.errors import SpoolError
+from agent.errors import SpoolError, SpoolFullError
 
-__all__ = ["Record", "Spool", "SpoolStats"]
+__all__ = ["Overflow", "Record", "Spool", "SpoolStats"]
 
 log = structlog.get_logger("traintrail.spool")
+
+Overflow = Literal["refuse", "drop_oldest"]
 
 _MAGIC = b"TT"
 _HEAD = struct.Struct("<2sII")
@@ -52,7 +62,11 @@ class _Segment:
     path: Path
     size: int = 0
     count: int = 0
-    pending: set[int] = field(default_factory=set)
+    acked: set[int] = field(default_factory=set)
+
+    @property
+    def done(self) -> bool:
+        return len(self.acked) >= self.count
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,9 @@ class SpoolStats:
     segments: int
     bytes: int
     pending: int
+    max_bytes: int
+    dropped_records: int
+    refused_batches: int
     torn_bytes_cut: int
 
 
@@ -77,90 +94,97 @@ def _unframe(payload: bytes) -> tuple[str, bytes, bytes]:
     return topic, payload[start : start + klen], payload[start + klen :]
 
 
+def _frames(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(end offset, payload) of each intact frame from the start of `data`."""
+    pos = 0
+    while pos + _HEAD.size <= len(data):
+        magic, length, crc = _HEAD.unpack_from(data, pos)
+        end = pos + _HEAD.size + length
+        if magic != _MAGIC or length > _MAX_PAYLOAD or end > len(data):
+            return
+        payload = data[pos + _HEAD.size : end]
+        if zlib.crc32(payload) != crc:
+            return
+        yield end, payload
+        pos = end
+
+
 class Spool:
-    """Thread-safe: SDK connections append, the producer's delivery reports ack."""
+    """Thread-safe: senders append, the producer's delivery reports ack, the
+    shipper reads."""
 
     def __init__(
         self,
         directory: Path,
         segment_bytes: int = 64 * 1024 * 1024,
         fsync: bool = True,
+        max_bytes: int = 2 * 1024**3,
+        overflow: Overflow = "refuse",
         before_trim: Callable[[], None] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.segment_bytes = segment_bytes
         self.fsync = fsync
+        self.max_bytes = max_bytes
+        self.overflow = overflow
         # Called before any segment is deleted, e.g. to save the hash chain
         # whose only other copy is in the records about to go.
         self.before_trim = before_trim
+        # Called after each append, e.g. to wake the shipper.
+        self.on_append: Callable[[], None] | None = None
         self._lock = threading.Lock()
         self._segments: list[_Segment] = []
         self._next_rid = 0
         self._fh: BinaryIO | None = None
         self._torn = 0
+        self._dropped = 0
+        self._refused = 0
+        self._read_hint: tuple[int, Path, int] | None = None  # (rid, segment, byte offset)
 
     # -- start ---------------------------------------------------------------
 
-    def open(self) -> list[Record]:
-        """Read every surviving record, cut torn tails, return them in order."""
+    def open(self) -> int:
+        """Check every segment, cut torn tails; return how many records wait."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SpoolError(f"spool dir {self.directory}: {exc}") from exc
-        records: list[Record] = []
         for path in sorted(self.directory.glob("*.seg")):
             first = int(path.stem)
-            seg = _Segment(first, path)
-            good, found = self._scan(path, first)
-            if good < path.stat().st_size:
-                cut = path.stat().st_size - good
-                self._torn += cut
-                log.warning("spool: cut torn tail", segment=path.name, bytes=cut)
+            data = path.read_bytes()
+            good, count = 0, 0
+            for end, _payload in _frames(data):
+                good, count = end, count + 1
+            if good < len(data):
+                self._torn += len(data) - good
+                log.warning("spool: cut torn tail", segment=path.name, bytes=len(data) - good)
                 with path.open("r+b") as fh:
                     fh.truncate(good)
                     os.fsync(fh.fileno())
-            if not found and good == 0:
+            if count == 0:
                 path.unlink()  # an empty segment holds nothing, not even chain state
                 continue
-            seg.size = good
-            seg.count = len(found)
-            seg.pending = {r.rid for r in found}
-            records.extend(found)
-            self._segments.append(seg)
-            self._next_rid = max(self._next_rid, first + len(found))
-        # Never append after a cut: start a fresh segment.
-        self._roll()
-        return records
-
-    def _scan(self, path: Path, first_rid: int) -> tuple[int, list[Record]]:
-        data = path.read_bytes()
-        pos, rid, found = 0, first_rid, []
-        while pos + _HEAD.size <= len(data):
-            magic, length, crc = _HEAD.unpack_from(data, pos)
-            end = pos + _HEAD.size + length
-            if magic != _MAGIC or length > _MAX_PAYLOAD or end > len(data):
-                break
-            payload = data[pos + _HEAD.size : end]
-            if zlib.crc32(payload) != crc:
-                break
-            found.append(Record(rid, *_unframe(payload)))
-            rid += 1
-            pos = end
-        return pos, found
+            self._segments.append(_Segment(first, path, good, count))
+            self._next_rid = max(self._next_rid, first + count)
+        self._roll()  # never append after a cut: start a fresh segment
+        return sum(s.count for s in self._segments)
 
     # -- append / ack ----------------------------------------------------------
 
-    def append(self, entries: list[tuple[str, bytes, bytes]]) -> list[Record]:
-        """Write a batch durably; return its records. Raises SpoolError."""
+    def append(self, entries: list[tuple[str, bytes, bytes]]) -> list[int]:
+        """Write a batch durably; return its record ids.
+
+        Raises SpoolFullError (policy `refuse`) or SpoolError (disk)."""
         if not entries:
             return []
+        blob = b"".join(_frame(t, k, v) for t, k, v in entries)
         with self._lock:
+            self._make_room(len(blob))
             seg = self._segments[-1]
             if seg.size >= self.segment_bytes:
                 self._roll()
                 self._trim()
                 seg = self._segments[-1]
-            blob = b"".join(_frame(t, k, v) for t, k, v in entries)
             fh = self._fh
             assert fh is not None
             try:
@@ -170,27 +194,62 @@ class Spool:
                     os.fsync(fh.fileno())
             except OSError as exc:
                 raise SpoolError(f"spool append to {seg.path.name}: {exc}") from exc
-            records = []
-            for topic, key, value in entries:
-                records.append(Record(self._next_rid, topic, key, value))
-                seg.pending.add(self._next_rid)
-                self._next_rid += 1
+            first = self._next_rid
+            self._next_rid += len(entries)
             seg.size += len(blob)
             seg.count += len(entries)
-            return records
+        if self.on_append is not None:
+            self.on_append()
+        return list(range(first, first + len(entries)))
+
+    def _make_room(self, need: int) -> None:
+        if need > self.max_bytes:
+            self._refused += 1
+            raise SpoolFullError(f"batch of {need} bytes exceeds spool limit {self.max_bytes}")
+        used = sum(s.size for s in self._segments)
+        if used + need <= self.max_bytes:
+            return
+        if self.overflow == "refuse":
+            self._refused += 1
+            raise SpoolFullError(
+                f"spool {self.directory} full: {used} of {self.max_bytes} bytes waiting for Kafka"
+            )
+        if len(self._segments) == 1:
+            self._roll()
+        if self.before_trim is not None:
+            self.before_trim()
+        while used + need > self.max_bytes and len(self._segments) > 1:
+            oldest = self._segments.pop(0)
+            lost = oldest.count - len(oldest.acked)
+            self._dropped += lost
+            used -= oldest.size
+            oldest.path.unlink(missing_ok=True)
+            log.warning(
+                "spool full: dropped oldest segment",
+                segment=oldest.path.name,
+                undelivered_records=lost,
+            )
 
     def ack(self, rid: int) -> None:
         """Kafka has the record; trim what is fully delivered."""
         with self._lock:
-            firsts = [s.first_rid for s in self._segments]
-            i = bisect.bisect_right(firsts, rid) - 1
-            if i < 0:
-                return
-            self._segments[i].pending.discard(rid)
-            self._trim()
+            seg = self._segment_of(rid)
+            if seg is None:
+                return  # dropped meanwhile
+            seg.acked.add(rid)
+            if seg.done and seg is not self._segments[-1]:
+                self._trim()
+
+    def _segment_of(self, rid: int) -> _Segment | None:
+        firsts = [s.first_rid for s in self._segments]
+        i = bisect.bisect_right(firsts, rid) - 1
+        if i < 0:
+            return None
+        seg = self._segments[i]
+        return seg if rid < seg.first_rid + seg.count else None
 
     def _trim(self) -> None:
-        done = [s for s in self._segments[:-1] if not s.pending]
+        done = [s for s in self._segments[:-1] if s.done]
         if not done:
             return
         if self.before_trim is not None:
@@ -204,16 +263,60 @@ class Spool:
             self._fh.close()
         path = self.directory / f"{self._next_rid:020d}.seg"
         self._fh = path.open("ab")
-        if self._segments and self._segments[-1].path == path:
-            return
-        self._segments.append(_Segment(self._next_rid, path))
+        if not self._segments or self._segments[-1].path != path:
+            self._segments.append(_Segment(self._next_rid, path))
+
+    # -- read --------------------------------------------------------------------
+
+    def first_rid(self) -> int:
+        """The oldest record still in the spool (delivered or not)."""
+        with self._lock:
+            return self._segments[0].first_rid if self._segments else self._next_rid
+
+    def read(self, cursor: int, max_records: int = 1000) -> tuple[list[Record], int]:
+        """Undelivered records from `cursor` on, in order, and the next cursor.
+
+        Skips records already acknowledged (after a producer rebuild the
+        shipper reads again from the oldest pending record) and jumps over
+        dropped segments."""
+        with self._lock:
+            cursor = max(cursor, self._segments[0].first_rid if self._segments else cursor)
+            seg = self._segment_of(cursor)
+            if seg is None:
+                return [], cursor
+            path, size, first, acked = seg.path, seg.size, seg.first_rid, set(seg.acked)
+        hint = self._read_hint
+        rid, offset = first, 0
+        if hint is not None and hint[1] == path and hint[0] <= cursor:
+            rid, offset = hint[0], hint[2]
+        records: list[Record] = []
+        try:
+            with path.open("rb") as fh:
+                fh.seek(offset)
+                data = fh.read(size - offset)
+        except FileNotFoundError:
+            return [], cursor  # dropped or trimmed meanwhile; the next read moves on
+        pos = 0
+        for end, payload in _frames(data):
+            if rid >= cursor and rid not in acked:
+                records.append(Record(rid, *_unframe(payload)))
+            rid, pos = rid + 1, end
+            if len(records) >= max_records:
+                break
+        self._read_hint = (rid, path, offset + pos)
+        return records, rid
+
+    # -- inspection ----------------------------------------------------------------
 
     def stats(self) -> SpoolStats:
         with self._lock:
             return SpoolStats(
                 segments=len(self._segments),
                 bytes=sum(s.size for s in self._segments),
-                pending=sum(len(s.pending) for s in self._segments),
+                pending=sum(s.count - len(s.acked) for s in self._segments),
+                max_bytes=self.max_bytes,
+                dropped_records=self._dropped,
+                refused_batches=self._refused,
                 torn_bytes_cut=self._torn,
             )
 

@@ -161,6 +161,16 @@ def _gpu(batch: Batch, d: Decoded) -> None:
     _identity(cols, d)
 
 
+def _gpu_event(batch: Batch, d: Decoded) -> None:
+    r = d.record
+    cols = batch.table("gpu_events")
+    cols["gpu_uuid"].append(r["gpu_uuid"])
+    cols["gpu_index"].append(r["index"])
+    _copy(cols, r, ("kind", "code", "run_ids"))
+    cols["detail"].append(list(r["detail"].items()))
+    _identity(cols, d)
+
+
 def _host(batch: Batch, d: Decoded) -> None:
     r = d.record
     cols = batch.table("host_samples")
@@ -202,6 +212,7 @@ ROUTES: dict[str, Callable[[Batch, Decoded], None]] = {
     "DatasetUsed": _dataset,
     "RunFinished": _run_finished,
     "GpuSample": _gpu,
+    "GpuEvent": _gpu_event,
     "HostSample": _host,
     "AccessEvent": _access,
     "Alert": _alert,

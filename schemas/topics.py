@@ -16,6 +16,7 @@ TOPIC_OF: dict[str, str] = {
     "DatasetUsed": "training",
     "RunFinished": "training",
     "GpuSample": "hardware",
+    "GpuEvent": "hardware",
     "HostSample": "hardware",
     "AccessEvent": "access",
     "Alert": "alerts",

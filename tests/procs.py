@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AgentProc", "CollectorProc", "stack_env", "wait_for"]
+__all__ = ["AgentProc", "CollectorProc", "send_batch", "stack_env", "wait_for"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,3 +149,13 @@ def stack_env(home: Path, bootstrap: str, prefix: str) -> dict[str, str]:
         "TRAINTRAIL_SPOOL_DIR": str(home / "spool"),
         "PYTHONPATH": str(REPO),
     }
+
+
+def send_batch(path: Path, events: list[dict[str, Any]]) -> dict[str, Any]:
+    """One request on the agent's SDK socket, as the SDK sends it; the reply."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(path))
+        s.sendall(json.dumps({"v": 1, "events": events}).encode() + b"\n")
+        reply = json.loads(s.makefile().readline())
+    assert isinstance(reply, dict)
+    return reply

@@ -20,6 +20,7 @@ import structlog
 
 from agent.errors import SpoolError
 from agent.ingest import Ingest
+from schemas.topics import SDK_TYPES
 
 __all__ = ["SdkSocketServer", "handle_line"]
 
@@ -29,7 +30,8 @@ _MAX_LINE = 64 * 1024 * 1024
 
 
 def handle_line(ingest: Ingest, line: bytes) -> dict[str, Any]:
-    """One request line → its reply object."""
+    """One request line → its reply object; the SDK may send training events
+    and the accesses it declares, nothing else."""
     try:
         request = json.loads(line)
         if not isinstance(request, dict) or request.get("v") != 1:
@@ -40,7 +42,7 @@ def handle_line(ingest: Ingest, line: bytes) -> dict[str, Any]:
     except ValueError as exc:
         return {"ok": False, "error": f"bad request: {exc}"}
     try:
-        accepted, rejected = ingest.accept(events)
+        accepted, rejected = ingest.accept(events, SDK_TYPES)
     except SpoolError as exc:
         log.error("spool append failed; batch refused", error=str(exc))
         return {"ok": False, "error": str(exc)}

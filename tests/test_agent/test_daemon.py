@@ -16,6 +16,7 @@ from agent.config import load_config
 from agent.daemon import Agent
 from agent.spool import Spool
 from schemas import decode, default_registry, event_hash
+from tests.procs import send_batch
 from tests.samples import body
 
 
@@ -31,6 +32,11 @@ def _agent(tmp_path: Path) -> Agent:
         kafka_bootstrap=dead,
         agent_node="test-node",
         agent_stop_timeout_s=0.5,
+        agent_metrics_port=0,
+        gpu_enabled=False,
+        host_enabled=False,
+        access_audit_log="",
+        access_auth_log="",
     )
     return Agent(config)
 
@@ -46,17 +52,15 @@ def _event(kind: str, run_id: str = "r1", **extra: Any) -> dict[str, Any]:
     }
 
 
-def _send(path: Path, events: list[dict[str, Any]]) -> dict[str, Any]:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(str(path))
-        s.sendall(json.dumps({"v": 1, "events": events}).encode() + b"\n")
-        reply = json.loads(s.makefile().readline())
-    assert isinstance(reply, dict)
-    return reply
-
-
-def _spooled(tmp_path: Path) -> list[dict[str, Any]]:
-    records = Spool(tmp_path / "spool" / "segments").open()
+def _spooled(tmp_path: Path, spool: str = "segments") -> list[dict[str, Any]]:
+    reader = Spool(tmp_path / "spool" / spool)
+    reader.open()
+    records, cursor = [], 0
+    while True:
+        batch, cursor = reader.read(cursor, 1000)
+        if not batch:
+            break
+        records += batch
     out = []
     for r in records:
         decoded = decode(default_registry(), r.value).record
@@ -69,12 +73,12 @@ def _spooled(tmp_path: Path) -> list[dict[str, Any]]:
 def test_chain_continues_across_restart(tmp_path: Path) -> None:
     agent = _agent(tmp_path)
     agent.start()
-    assert _send(tmp_path / "agent.sock", [_event("RunStarted"), _event("Metrics")])["ok"]
+    assert send_batch(tmp_path / "agent.sock", [_event("RunStarted"), _event("Metrics")])["ok"]
     agent.stop()
 
     agent = _agent(tmp_path)
     agent.start()
-    reply = _send(tmp_path / "agent.sock", [_event("Metrics"), _event("RunFinished")])
+    reply = send_batch(tmp_path / "agent.sock", [_event("Metrics"), _event("RunFinished")])
     assert reply == {"ok": True, "accepted": 2, "rejected": []}
     agent.stop()
 
@@ -92,8 +96,8 @@ def test_resent_event_is_spooled_once(tmp_path: Path) -> None:
     agent = _agent(tmp_path)
     agent.start()
     event = _event("RunStarted")
-    assert _send(tmp_path / "agent.sock", [event])["accepted"] == 1
-    assert _send(tmp_path / "agent.sock", [event])["accepted"] == 1
+    assert send_batch(tmp_path / "agent.sock", [event])["accepted"] == 1
+    assert send_batch(tmp_path / "agent.sock", [event])["accepted"] == 1
     agent.stop()
     assert len(_spooled(tmp_path)) == 1
 
@@ -105,7 +109,7 @@ def test_bad_events_are_rejected_with_a_reason(tmp_path: Path) -> None:
     bad_shape = _event("Metrics")
     del bad_shape["body"]["names"]
     not_allowed = _event("GpuSample")
-    reply = _send(tmp_path / "agent.sock", [good, bad_shape, not_allowed])
+    reply = send_batch(tmp_path / "agent.sock", [good, bad_shape, not_allowed])
     garbage = _raw(tmp_path / "agent.sock", b"{not json\n")
     agent.stop()
     assert reply["ok"] and reply["accepted"] == 1

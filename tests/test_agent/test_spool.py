@@ -11,7 +11,24 @@ from pathlib import Path
 
 import pytest
 
-from agent.spool import Spool
+from agent.spool import Record, Spool
+
+
+def _all(spool: Spool) -> list[Record]:
+    """Every undelivered record, read the way the shipper reads."""
+    out: list[Record] = []
+    cursor = spool.first_rid()
+    while True:
+        records, cursor = spool.read(cursor, 7)
+        if not records:
+            return out
+        out += records
+
+
+def _reopen(path: Path, **kw: object) -> tuple[Spool, list[Record]]:
+    spool = Spool(path, **kw)  # type: ignore[arg-type]
+    spool.open()
+    return spool, _all(spool)
 
 
 def _entries(n: int, start: int = 0) -> list[tuple[str, bytes, bytes]]:
@@ -25,7 +42,7 @@ class TestReplay:
         for i in range(0, 30, 3):
             spool.append(_entries(3, i))
         spool.close()
-        again = Spool(tmp_path, segment_bytes=200).open()
+        _, again = _reopen(tmp_path, segment_bytes=200)
         assert [r.value for r in again] == [e[2] for e in _entries(30)]
         assert [r.rid for r in again] == list(range(30))
 
@@ -36,7 +53,7 @@ class TestReplay:
         spool.close()
         spool = Spool(tmp_path)
         spool.open()
-        assert [r.rid for r in spool.append(_entries(2, 5))] == [5, 6]
+        assert spool.append(_entries(2, 5)) == [5, 6]
 
 
 class TestTornTail:
@@ -55,7 +72,7 @@ class TestTornTail:
             d = tmp_path / f"cut{cut}"
             d.mkdir()
             (d / segment.name).write_bytes(data[:cut])
-            records = Spool(d).open()
+            _, records = _reopen(d)
             assert [r.value for r in records] == [e[2] for e in _entries(2)], cut
             assert (d / segment.name).stat().st_size == len(data) - frame
 
@@ -68,8 +85,8 @@ class TestTornTail:
         data = bytearray(segment.read_bytes())
         data[-3] ^= 0xFF
         segment.write_bytes(bytes(data))
-        spool = Spool(tmp_path)
-        assert [r.value for r in spool.open()] == [e[2] for e in _entries(2)]
+        spool, records = _reopen(tmp_path)
+        assert [r.value for r in records] == [e[2] for e in _entries(2)]
         assert spool.stats().torn_bytes_cut > 0
 
 
@@ -81,25 +98,30 @@ class TestTrim:
         records = []
         for i in range(10):
             records += spool.append(_entries(1, i))
+        values = {rid: e[2] for rid, e in zip(records, _entries(10), strict=True)}
         segments_before = spool.stats().segments
         assert segments_before > 3
-        for r in records[:-1]:
-            spool.ack(r.rid)
+        for rid in records[:-1]:
+            spool.ack(rid)
         assert trims, "the chain must be saved before a trim"
-        left = Spool(tmp_path, segment_bytes=100).open()
-        # only the unacked record, plus what shares the active segment with it
-        assert records[-1].value in [r.value for r in left]
+        assert [r.rid for r in _all(spool)] == [records[-1]]
+        assert spool.stats().segments < segments_before
+        _, left = _reopen(tmp_path, segment_bytes=100)
+        # the unacked record, plus what shared its (active) segment
+        assert values[records[-1]] in [r.value for r in left]
         assert len(left) < 10
 
     def test_unacked_records_survive(self, tmp_path: Path) -> None:
         spool = Spool(tmp_path, segment_bytes=50)
         spool.open()
-        records = [r for i in range(6) for r in spool.append(_entries(1, i))]
-        for r in records[::2]:
-            spool.ack(r.rid)
+        rids = [r for i in range(6) for r in spool.append(_entries(1, i))]
+        for rid in rids[::2]:
+            spool.ack(rid)
+        assert [r.rid for r in _all(spool)] == rids[1::2]
         spool.close()
-        survivors = {r.value for r in Spool(tmp_path).open()}
-        assert {r.value for r in records[1::2]} <= survivors
+        _, survivors = _reopen(tmp_path)
+        values = {e[2] for e in _entries(6)[1::2]}
+        assert values <= {r.value for r in survivors}
 
 
 _WRITER = """
@@ -133,8 +155,34 @@ def test_sigkill_mid_append_loses_nothing_acknowledged(tmp_path: Path, attempt: 
         acknowledged = int(proc.stdout.readline())
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    records = Spool(tmp_path).open()
+    _, records = _reopen(tmp_path)
     numbers = [int(r.value[:8]) for r in records]
     assert numbers == list(range(len(numbers)))
     assert len(numbers) > acknowledged
     assert all(r.value.endswith(b"x" * 500) for r in records)
+
+
+class TestLimits:
+    def test_refuse_policy_keeps_everything_and_says_so(self, tmp_path: Path) -> None:
+        from agent.errors import SpoolFullError
+
+        spool = Spool(tmp_path, segment_bytes=100, max_bytes=300, overflow="refuse")
+        spool.open()
+        accepted = 0
+        with pytest.raises(SpoolFullError, match="full"):
+            for i in range(100):
+                spool.append(_entries(1, i))
+                accepted += 1
+        assert [r.value for r in _all(spool)] == [e[2] for e in _entries(accepted)]
+        assert spool.stats().refused_batches == 1
+        assert spool.stats().bytes <= 300
+
+    def test_drop_oldest_keeps_the_newest_within_the_limit(self, tmp_path: Path) -> None:
+        spool = Spool(tmp_path, segment_bytes=100, max_bytes=300, overflow="drop_oldest")
+        spool.open()
+        for i in range(100):
+            spool.append(_entries(1, i))
+            assert spool.stats().bytes <= 300
+        left = [int(r.value[-6:]) for r in _all(spool)]
+        assert left == list(range(100 - len(left), 100))  # the newest, contiguous
+        assert spool.stats().dropped_records == 100 - len(left)

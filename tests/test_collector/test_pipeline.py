@@ -155,6 +155,7 @@ def test_every_event_type_lands_in_its_table(kafka_bootstrap: str, ch_store: Sto
         "DatasetUsed": ("datasets", "training"),
         "RunFinished": ("run_finished", "training"),
         "GpuSample": ("gpu_samples", "hardware"),
+        "GpuEvent": ("gpu_events", "hardware"),
         "HostSample": ("host_samples", "hardware"),
         "AccessEvent": ("access_log", "access"),
         "Alert": ("alerts", "alerts"),

@@ -40,6 +40,11 @@ class AgentConfig:
         True,
         "fsync each appended batch before acknowledging it (measured cost: bench/agent_spool.py).",
     )
+    spool_samples_fsync: bool = setting(
+        False,
+        "fsync hardware-sample batches too; off by default: samples may be dropped by policy "
+        "anyway, and a power cut loses at most the page cache's last seconds of them.",
+    )
     spool_max_bytes: int = setting(
         2 * 1024**3,
         "Limit of the critical spool (training, access, GPU error events); when full, new "

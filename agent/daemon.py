@@ -108,7 +108,7 @@ class Agent:
         self.samples = Spool(
             root / "samples",
             self.config.spool_segment_bytes,
-            self.config.spool_fsync,
+            self.config.spool_samples_fsync,
             self.config.spool_samples_max_bytes,
             "drop_oldest",
             save,

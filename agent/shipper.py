@@ -99,11 +99,14 @@ class Shipper:
                     if not self._produce(spool, record):
                         return  # stopping; the rest stays spooled
                 produced += len(records)
-            self._producer.poll(0)
-            if not produced:
-                self._wake.wait(0.05)
-                self._wake.clear()
+            if produced:
                 self._producer.poll(0)
+                continue
+            # Idle: serve delivery reports (a wait in librdkafka, not a spin)
+            # until an append wakes us.
+            while not (self._wake.is_set() or self._stop.is_set() or self._rebuild):
+                self._producer.poll(0.05)
+            self._wake.clear()
 
     def _produce(self, spool: Spool, record: Record) -> bool:
         on_delivery = self._callback(spool, record, time.monotonic())

@@ -280,6 +280,8 @@ class Spool:
         shipper reads again from the oldest pending record) and jumps over
         dropped segments."""
         with self._lock:
+            if cursor >= self._next_rid:
+                return [], cursor  # nothing new: the idle shipper's common case, no I/O
             cursor = max(cursor, self._segments[0].first_rid if self._segments else cursor)
             seg = self._segment_of(cursor)
             if seg is None:

@@ -56,6 +56,11 @@ class AgentConfig:
     )
     gpu_enabled: bool = setting(True, "Sample GPUs through NVML (off by itself on CPU nodes).")
     gpu_interval_s: float = setting(1.0, "GPU sampling interval; XID/ECC events are immediate.")
+    gpu_slow_every: int = setting(
+        10,
+        "Read the costly, slow-moving GPU counters (energy, aggregate ECC, retired pages, "
+        "remapped rows, PCIe replays) every N samples and repeat them in between.",
+    )
     host_enabled: bool = setting(True, "Sample CPU, memory, disk, network and run processes.")
     host_interval_s: float = setting(5.0, "Host sampling interval.")
     access_watch_paths: str = setting(

@@ -51,7 +51,13 @@ def build_sources(config: AgentConfig, node: str, runs: RunRegistry, state: Path
     if config.gpu_enabled:
         from agent.sources.nvml import GpuConfig, NvmlSource
 
-        sources.append(NvmlSource(GpuConfig(interval_s=config.gpu_interval_s), node, runs))
+        sources.append(
+            NvmlSource(
+                GpuConfig(interval_s=config.gpu_interval_s, slow_every=config.gpu_slow_every),
+                node,
+                runs,
+            )
+        )
     if config.host_enabled:
         from agent.sources.host import HostConfig, HostSource
 

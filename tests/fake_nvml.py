@@ -81,6 +81,8 @@ NVML_FI_DEV_PERF_POLICY_BOARD_LIMIT = 77
 NVML_FI_DEV_PERF_POLICY_LOW_UTILIZATION = 78
 NVML_FI_DEV_PERF_POLICY_RELIABILITY = 79
 NVML_FI_DEV_MEMORY_TEMP = 82
+NVML_FI_DEV_PCIE_COUNT_TX_BYTES = 197
+NVML_FI_DEV_PCIE_COUNT_RX_BYTES = 198
 NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX = 138
 NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX = 139
 
@@ -185,6 +187,9 @@ class FakeGpu:
     pcie_tx_kbps: int = 123_456
     pcie_rx_kbps: int = 654_321
     pcie_replay: int = 7
+    # cumulative PCIe bytes (NVML_FI_DEV_PCIE_COUNT_*); None: not supported, as on older GPUs
+    pcie_tx_bytes: int | None = None
+    pcie_rx_bytes: int | None = None
     nvlink_tx_kib: list[int] = field(default_factory=lambda: [1000 + i for i in range(18)])
     nvlink_rx_kib: list[int] = field(default_factory=lambda: [5000 + i for i in range(18)])
     encoder_util: int = 5
@@ -479,6 +484,15 @@ class FakeNvml:
             if scope < len(links):
                 return answer(NVML_SUCCESS, v=links[scope])
             return answer(NVML_ERROR_INVALID_ARGUMENT)
+        if field_id in (NVML_FI_DEV_PCIE_COUNT_TX_BYTES, NVML_FI_DEV_PCIE_COUNT_RX_BYTES):
+            count = (
+                gpu.pcie_tx_bytes
+                if field_id == NVML_FI_DEV_PCIE_COUNT_TX_BYTES
+                else (gpu.pcie_rx_bytes)
+            )
+            if count is None:
+                return answer(NVML_ERROR_NOT_SUPPORTED)
+            return answer(NVML_SUCCESS, NVML_VALUE_TYPE_UNSIGNED_INT, count)
         if field_id in gpu.violation_ns:
             return answer(NVML_SUCCESS, v=gpu.violation_ns[field_id])
         return answer(NVML_ERROR_INVALID_ARGUMENT)

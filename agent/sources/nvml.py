@@ -29,6 +29,7 @@ from agent.sources.base import Emit, SourceStats, event, now_us
 from agent.sources.nvml_fields import (
     UINT_MAX,
     DeviceLost,
+    DeviceMemory,
     FieldReader,
     event_kind,
     handle_key,
@@ -59,10 +60,15 @@ class GpuConfig:
     interval_s: float = 1.0  # one sample of every GPU per interval
     events: bool = True  # XID/ECC errors through an NVML event set, as they happen
     event_wait_ms: int = 500  # longest NVML event wait; bounds how long a stop takes
+    # Slow-moving, costly counters (energy, aggregate ECC, retired pages, remapped
+    # rows, PCIe replays) are read every this many ticks and repeated in between.
+    slow_every: int = 10
 
     def __post_init__(self) -> None:
         if not self.interval_s > 0:
             raise ValueError(f"gpu interval_s must be > 0, got {self.interval_s!r}")
+        if self.slow_every < 1:
+            raise ValueError(f"gpu slow_every must be >= 1, got {self.slow_every!r}")
         if self.event_wait_ms <= 0:
             raise ValueError(f"gpu event_wait_ms must be > 0, got {self.event_wait_ms!r}")
 
@@ -107,6 +113,7 @@ class NvmlSource:
         self._devices: list[_Device] = []
         self._told: set[tuple[int, str]] = set()
         self._register: queue.SimpleQueue[_Device] = queue.SimpleQueue()
+        self._memory: dict[str, DeviceMemory] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -274,7 +281,8 @@ class NvmlSource:
             "mig_gpu_instance_id": None,
             "mig_compute_instance_id": None,
         }
-        body.update(read_fields(nv, read, uuid, handle))
+        memory = self._memory.setdefault(uuid, DeviceMemory())
+        body.update(read_fields(nv, read, uuid, handle, memory, self.config.slow_every))
         body["processes"] = read_processes(nv, read, uuid, handle, self.runs.lookup)
         return body
 

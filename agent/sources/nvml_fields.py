@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 __all__ = [
+    "SLOW_FIELDS",
     "UINT_MAX",
     "DeviceLost",
+    "DeviceMemory",
     "FieldReader",
     "event_kind",
     "handle_key",
@@ -46,6 +50,29 @@ _FIELD_VALUES: tuple[tuple[str, str, int], ...] = (
     ("violation_board_limit_us", "NVML_FI_DEV_PERF_POLICY_BOARD_LIMIT", 0),
     ("violation_low_utilization_us", "NVML_FI_DEV_PERF_POLICY_LOW_UTILIZATION", 0),
     ("violation_reliability_us", "NVML_FI_DEV_PERF_POLICY_RELIABILITY", 0),
+    # cumulative PCIe byte counters: the rate comes from two ticks (see _pcie)
+    ("_pcie_tx_bytes", "NVML_FI_DEV_PCIE_COUNT_TX_BYTES", 0),
+    ("_pcie_rx_bytes", "NVML_FI_DEV_PCIE_COUNT_RX_BYTES", 0),
+)
+
+# Measured on an H100 (driver 580, bench/gpu_probe.py): nvmlDeviceGetPcieThroughput
+# blocks ~21 ms per call (it samples a 20 ms window) and the total-energy read
+# costs ~4 ms of CPU, against ~2-10 µs for most other calls. The PCIe rate is
+# therefore derived from the byte counters between ticks, and these slow-moving
+# counters are read every `slow_every` ticks and repeated in between.
+SLOW_FIELDS = (
+    "energy_mj",
+    "ecc_corrected_aggregate",
+    "ecc_uncorrected_aggregate",
+    "retired_pages_sbe",
+    "retired_pages_dbe",
+    "retired_pages",
+    "retired_pages_pending",
+    "remapped_rows_correctable",
+    "remapped_rows_uncorrectable",
+    "remapped_rows_pending",
+    "remapped_rows_failure",
+    "pcie_replay_count",
 )
 _EVENT_KINDS = (
     ("nvmlEventTypeXidCriticalError", "xid"),
@@ -63,6 +90,15 @@ _VALUE_MEMBERS = (
     ("NVML_VALUE_TYPE_SIGNED_INT", "siVal"),
     ("NVML_VALUE_TYPE_UNSIGNED_SHORT", "usVal"),
 )
+
+
+@dataclass
+class DeviceMemory:
+    """What one device's samples carry from tick to tick."""
+
+    tick: int = 0
+    slow: dict[str, Any] = field(default_factory=dict)
+    pcie: tuple[float, int, int] | None = None  # (monotonic s, tx bytes, rx bytes)
 
 
 class DeviceLost(Exception):
@@ -163,26 +199,22 @@ def _throttle_reasons(nv: Any, read: FieldReader, device: str, handle: Any) -> A
     return read(device, "throttle_reasons", nv.nvmlDeviceGetCurrentClocksThrottleReasons, handle)
 
 
-def read_fields(nv: Any, read: FieldReader, device: str, h: Any) -> dict[str, Any]:
+def read_fields(
+    nv: Any,
+    read: FieldReader,
+    device: str,
+    h: Any,
+    memory: DeviceMemory | None = None,
+    slow_every: int = 1,
+) -> dict[str, Any]:
     """Every measurement field of GpuSample v2 for one device or MIG device
-    (identity, MIG ids and processes excepted)."""
+    (identity, MIG ids and processes excepted). With `memory`, the fields in
+    SLOW_FIELDS are read every `slow_every` calls and repeated in between."""
+    memory = memory or DeviceMemory()
+    slow_tick = memory.tick % max(1, slow_every) == 0 or not memory.slow
+    memory.tick += 1
     util = read(device, "utilization", nv.nvmlDeviceGetUtilizationRates, h)
     mem = read(device, "memory", nv.nvmlDeviceGetMemoryInfo, h)
-    remap = read(device, "remapped_rows", nv.nvmlDeviceGetRemappedRows, h)
-    sbe = read(
-        device,
-        "retired_pages_sbe",
-        nv.nvmlDeviceGetRetiredPages,
-        h,
-        nv.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS,
-    )
-    dbe = read(
-        device,
-        "retired_pages_dbe",
-        nv.nvmlDeviceGetRetiredPages,
-        h,
-        nv.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR,
-    )
     pstate = read(device, "pstate", nv.nvmlDeviceGetPerformanceState, h)
 
     def ecc(name: str, error_type: int, counter: int) -> Any:
@@ -206,7 +238,6 @@ def read_fields(nv: Any, read: FieldReader, device: str, h: Any) -> dict[str, An
         "power_limit_w": _scaled(
             read(device, "power_limit_w", nv.nvmlDeviceGetEnforcedPowerLimit, h), 1000
         ),
-        "energy_mj": read(device, "energy_mj", nv.nvmlDeviceGetTotalEnergyConsumption, h),
         "sm_clock_mhz": read(
             device, "sm_clock_mhz", nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_SM
         ),
@@ -217,34 +248,6 @@ def read_fields(nv: Any, read: FieldReader, device: str, h: Any) -> dict[str, An
         "throttle_reasons": _throttle_reasons(nv, read, device, h),
         "ecc_corrected": ecc("ecc_corrected", corrected, nv.NVML_VOLATILE_ECC),
         "ecc_uncorrected": ecc("ecc_uncorrected", uncorrected, nv.NVML_VOLATILE_ECC),
-        "ecc_corrected_aggregate": ecc("ecc_corrected_aggregate", corrected, nv.NVML_AGGREGATE_ECC),
-        "ecc_uncorrected_aggregate": ecc(
-            "ecc_uncorrected_aggregate", uncorrected, nv.NVML_AGGREGATE_ECC
-        ),
-        "retired_pages_sbe": _count(sbe),
-        "retired_pages_dbe": _count(dbe),
-        "retired_pages": None if sbe is None and dbe is None else len(sbe or ()) + len(dbe or ()),
-        "retired_pages_pending": _flag(
-            read(
-                device,
-                "retired_pages_pending",
-                nv.nvmlDeviceGetRetiredPagesPendingStatus,
-                h,
-            )
-        ),
-        "remapped_rows_correctable": None if remap is None else int(remap[0]),
-        "remapped_rows_uncorrectable": None if remap is None else int(remap[1]),
-        "remapped_rows_pending": None if remap is None else bool(remap[2]),
-        "remapped_rows_failure": None if remap is None else bool(remap[3]),
-        "pcie_tx_kbps": read(
-            device, "pcie_tx_kbps", nv.nvmlDeviceGetPcieThroughput, h, nv.NVML_PCIE_UTIL_TX_BYTES
-        ),
-        "pcie_rx_kbps": read(
-            device, "pcie_rx_kbps", nv.nvmlDeviceGetPcieThroughput, h, nv.NVML_PCIE_UTIL_RX_BYTES
-        ),
-        "pcie_replay_count": read(
-            device, "pcie_replay_count", nv.nvmlDeviceGetPcieReplayCounter, h
-        ),
         "utilization_encoder": _first(
             read(device, "utilization_encoder", nv.nvmlDeviceGetEncoderUtilization, h)
         ),
@@ -253,7 +256,102 @@ def read_fields(nv: Any, read: FieldReader, device: str, h: Any) -> dict[str, An
         ),
     }
     body.update(_field_values(nv, read, device, h))
+    body.update(_pcie(nv, read, device, h, memory, body, slow_tick))
+    if slow_tick:
+        memory.slow = _slow_fields(nv, read, device, h)
+    body.update(memory.slow)
     return body
+
+
+def _pcie(
+    nv: Any,
+    read: FieldReader,
+    device: str,
+    h: Any,
+    memory: DeviceMemory,
+    body: dict[str, Any],
+    slow_tick: bool,
+) -> dict[str, Any]:
+    """PCIe KB/s from the byte counters between two ticks; where the counters
+    are missing (older GPUs/drivers), or on the first tick, the sampling call,
+    which blocks ~20 ms, on slow ticks only."""
+    tx, rx = body.pop("_pcie_tx_bytes"), body.pop("_pcie_rx_bytes")
+    now = time.monotonic()
+    previous, memory.pcie = memory.pcie, (None if tx is None or rx is None else (now, tx, rx))
+    if previous is not None and memory.pcie is not None and now > previous[0]:
+        dt = now - previous[0]
+        return {
+            "pcie_tx_kbps": max(0, int((tx - previous[1]) / dt / 1000)),
+            "pcie_rx_kbps": max(0, int((rx - previous[2]) / dt / 1000)),
+        }
+    if not slow_tick and memory.pcie is None and "pcie_tx_kbps" in memory.slow:
+        return {k: memory.slow[k] for k in ("pcie_tx_kbps", "pcie_rx_kbps")}
+    rates = {
+        "pcie_tx_kbps": read(
+            device, "pcie_tx_kbps", nv.nvmlDeviceGetPcieThroughput, h, nv.NVML_PCIE_UTIL_TX_BYTES
+        ),
+        "pcie_rx_kbps": read(
+            device, "pcie_rx_kbps", nv.nvmlDeviceGetPcieThroughput, h, nv.NVML_PCIE_UTIL_RX_BYTES
+        ),
+    }
+    if memory.pcie is None:  # no counters: carry these between slow ticks
+        memory.slow.update(rates)
+    return rates
+
+
+def _slow_fields(nv: Any, read: FieldReader, device: str, h: Any) -> dict[str, Any]:
+    """The SLOW_FIELDS: counters that move rarely, some costly to read."""
+    remap = read(device, "remapped_rows", nv.nvmlDeviceGetRemappedRows, h)
+    sbe = read(
+        device,
+        "retired_pages_sbe",
+        nv.nvmlDeviceGetRetiredPages,
+        h,
+        nv.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS,
+    )
+    dbe = read(
+        device,
+        "retired_pages_dbe",
+        nv.nvmlDeviceGetRetiredPages,
+        h,
+        nv.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR,
+    )
+    corrected, uncorrected = (
+        nv.NVML_MEMORY_ERROR_TYPE_CORRECTED,
+        nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+    )
+    aggregate = nv.NVML_AGGREGATE_ECC
+    pending = read(device, "retired_pages_pending", nv.nvmlDeviceGetRetiredPagesPendingStatus, h)
+    return {
+        "energy_mj": read(device, "energy_mj", nv.nvmlDeviceGetTotalEnergyConsumption, h),
+        "ecc_corrected_aggregate": read(
+            device,
+            "ecc_corrected_aggregate",
+            nv.nvmlDeviceGetTotalEccErrors,
+            h,
+            corrected,
+            aggregate,
+        ),
+        "ecc_uncorrected_aggregate": read(
+            device,
+            "ecc_uncorrected_aggregate",
+            nv.nvmlDeviceGetTotalEccErrors,
+            h,
+            uncorrected,
+            aggregate,
+        ),
+        "retired_pages_sbe": _count(sbe),
+        "retired_pages_dbe": _count(dbe),
+        "retired_pages": None if sbe is None and dbe is None else len(sbe or ()) + len(dbe or ()),
+        "retired_pages_pending": _flag(pending),
+        "remapped_rows_correctable": None if remap is None else int(remap[0]),
+        "remapped_rows_uncorrectable": None if remap is None else int(remap[1]),
+        "remapped_rows_pending": None if remap is None else bool(remap[2]),
+        "remapped_rows_failure": None if remap is None else bool(remap[3]),
+        "pcie_replay_count": read(
+            device, "pcie_replay_count", nv.nvmlDeviceGetPcieReplayCounter, h
+        ),
+    }
 
 
 def read_processes(

@@ -305,6 +305,45 @@ class TestSample:
         assert -0.03 < late < 0.1, late
 
 
+class TestCostlyFields:
+    """Measured on an H100: the PCIe sampling call blocks ~21 ms and the energy
+    read costs ~4 ms CPU, so the source avoids them on most ticks."""
+
+    def test_pcie_rate_comes_from_the_byte_counters_between_ticks(self) -> None:
+        gpu = _gpu(uuid="GPU-pcie", pcie_tx_bytes=0, pcie_rx_bytes=0)
+        calls: list[str] = []
+        nvml = FakeNvml([gpu])
+        original = nvml.nvmlDeviceGetPcieThroughput
+
+        def counted(handle: Any, counter: int) -> int:
+            calls.append("throughput")
+            return int(original(handle, counter))
+
+        nvml.nvmlDeviceGetPcieThroughput = counted  # type: ignore[method-assign]
+        with running(_source(nvml, interval_s=0.2, events=False)) as sink:
+            sink.wait_for(lambda: len(sink.calls) >= 1)
+            gpu.pcie_tx_bytes, gpu.pcie_rx_bytes = 2_000_000, 1_000_000  # ~0.2 s later
+            sink.wait_for(lambda: len(sink.calls) >= 3)
+        bodies = [events[0]["body"] for _, events in sink.calls]
+        assert calls == ["throughput", "throughput"]  # first tick only (tx and rx)
+        second = bodies[1]
+        # 2 MB in ~0.2 s is ~10,000 KB/s; 1 MB ~5,000 KB/s
+        assert 6_000 < second["pcie_tx_kbps"] < 14_000, second["pcie_tx_kbps"]
+        assert 3_000 < second["pcie_rx_kbps"] < 7_000, second["pcie_rx_kbps"]
+        assert bodies[2]["pcie_tx_kbps"] == 0  # no bytes moved since
+
+    def test_slow_counters_are_read_every_n_ticks_and_repeated(self) -> None:
+        gpu = _gpu(uuid="GPU-slowfields", energy_mj=1000)
+        with running(_source(FakeNvml([gpu]), interval_s=0.05, events=False, slow_every=3)) as sink:
+            sink.wait_for(lambda: len(sink.calls) >= 1)
+            gpu.energy_mj = 2000
+            sink.wait_for(lambda: len(sink.calls) >= 5)
+        energy = [events[0]["body"]["energy_mj"] for _, events in sink.calls[:5]]
+        assert energy[:3] == [1000, 1000, 1000]  # read at tick 0, repeated at 1 and 2
+        assert energy[3:5] == [2000, 2000]  # read again at tick 3
+        assert all(e is not None for e in energy)
+
+
 class TestLostDevice:
     def test_lost_gpu_is_one_event_then_skipped_until_back(self) -> None:
         gone = _gpu(uuid="GPU-gone", compute_processes=[(4242, GIB)])

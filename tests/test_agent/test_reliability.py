@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -333,3 +334,39 @@ def test_spool_at_its_limit(tmp_path: Path, broker: PrivateKafka) -> None:
     assert stored_samples == samples
     agent.stop()
     collector.stop()
+
+
+def test_sighup_reloads_sources_and_sigterm_is_bounded(tmp_path: Path) -> None:
+    """SIGHUP re-reads the config file: a watch path added there starts the
+    inotify source; a setting that needs a restart is reported, not applied."""
+    config = tmp_path / "agent.toml"
+    config.write_text("[host]\nenabled = false\n")
+    watched = tmp_path / "data"
+    watched.mkdir()
+    env = _env(tmp_path, _dead_bootstrap(), TRAINTRAIL_AGENT_CONFIG=str(config))
+    del env["TRAINTRAIL_HOST_ENABLED"]  # the file decides
+    agent = AgentProc(tmp_path / "agent", env).start()
+    assert "inotify" not in _status(agent)["sources"]
+    config.write_text(
+        f'[host]\nenabled = false\n[access]\nwatch_paths = "{watched}"\n'
+        '[kafka]\ncompression = "zstd"\n'
+    )
+    assert agent.popen is not None
+    agent.popen.send_signal(signal.SIGHUP)
+    wait_for(
+        "inotify source started by the reload",
+        lambda: _status(agent)["sources"].get("inotify", {}).get("alive"),
+        timeout=30,
+    )
+    (watched / "new.csv").write_text("x")
+    wait_for(
+        "the watched file's event emitted",
+        lambda: _status(agent)["sources"]["inotify"]["emitted"] >= 1,
+        timeout=30,
+    )
+    log = agent.log_path.read_text()
+    assert "need a restart" in log and "kafka_compression" in log
+    started = time.monotonic()
+    assert agent.stop(timeout=30) == 0
+    # stop_timeout_s is 2 s here and Kafka is unreachable: bounded, not hanging
+    assert time.monotonic() - started < 15

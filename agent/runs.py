@@ -33,7 +33,11 @@ class RunRegistry:
                 del self._by_pid[pid]
 
     def pids(self) -> dict[int, str]:
+        """Registered pids still alive; the dead are forgotten here, since an
+        attached rank (or a killed run) never sends the RunFinished that would."""
         with self._lock:
+            for pid in [p for p in self._by_pid if not (self.proc / str(p)).exists()]:
+                del self._by_pid[pid]
             return dict(self._by_pid)
 
     def lookup(self, pid: int) -> str | None:

@@ -29,7 +29,10 @@ SELECT r.run_id AS run_id, r.project AS project, r.name AS name, r.user AS user,
        r.host AS host, r.event_time AS started,
        if(f.run_id = '', 'running', f.status) AS status,
        if(f.run_id = '', NULL, f.finished) AS finished
-FROM (SELECT * FROM runs FINAL WHERE {project:String} = '' OR project = {project:String}) AS r
+FROM (
+    SELECT * FROM runs FINAL
+    WHERE NOT attached AND ({project:String} = '' OR project = {project:String})
+) AS r
 LEFT JOIN (
     SELECT run_id, argMax(status, event_time) AS status, max(event_time) AS finished
     FROM run_finished FINAL GROUP BY run_id
@@ -43,10 +46,23 @@ def list_runs(store: Store, limit: int = 50, project: str = "") -> list[dict[str
     return _rows(store.query(_LIST_RUNS, {"limit": limit, "project": project}))
 
 
+_RANKS = """
+SELECT rank, host, pid, node, stream, event_time AS started, gpus, container_id
+FROM runs FINAL
+WHERE run_id = {run_id:String} AND attached
+ORDER BY rank, event_time
+"""
+
+
 def show_run(store: Store, run_id: str) -> dict[str, Any] | None:
-    """A run's context, lifecycle, datasets, checkpoints and metric summary."""
+    """A run's context (its rank-0 owner's), lifecycle, datasets, checkpoints, metric
+    summary, and `ranks`: the other ranks of a distributed run, each its host and pid."""
     params = {"run_id": run_id}
-    runs = store.query("SELECT * FROM runs FINAL WHERE run_id = {run_id:String}", params)
+    runs = store.query(
+        "SELECT * FROM runs FINAL WHERE run_id = {run_id:String} AND NOT attached "
+        "ORDER BY event_time LIMIT 1",
+        params,
+    )
     if not runs:
         return None
     finished = store.query(
@@ -70,6 +86,7 @@ def show_run(store: Store, run_id: str) -> dict[str, Any] | None:
     run["finished"] = finished[0] if finished else None
     run["datasets"] = datasets
     run["checkpoints"] = checkpoints
+    run["ranks"] = store.query(_RANKS, params)
     run["metrics"] = metric_summary(store, run_id)
     result = jsonable(run)
     assert isinstance(result, dict)

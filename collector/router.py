@@ -82,14 +82,29 @@ def _copy(cols: Columns, record: dict[str, Any], names: tuple[str, ...]) -> None
         cols[name].append(record[name])
 
 
+_RUN_SCALARS = (
+    "run_id", "project", "name", "user", "host", "pid", "command", "cwd", "os",
+    # RunStarted v2; a v1 message resolves to the schema defaults
+    "script_path", "script_sha256", "kernel", "distro", "container_image", "container_id",
+    "cuda_driver", "cuda_runtime", "cudnn", "gpus", "rank", "world_size", "attached",
+)  # fmt: skip
+_RUN_MAPS = ("config", "packages", "frameworks", "seeds", "deterministic", "env", "scheduler")
+
+
 def _run_started(batch: Batch, d: Decoded) -> None:
     r = d.record
+    if r["rank"] < 0 or r["world_size"] < 1:
+        raise InvalidEventError(
+            f"RunStarted: rank {r['rank']} / world_size {r['world_size']} out of range"
+        )
     cols = batch.table("runs")
-    _copy(cols, r, ("run_id", "project", "name", "user", "host", "pid", "command", "cwd", "os"))
-    cols["config"].append(list(r["config"].items()))
-    cols["packages"].append(list(r["packages"].items()))
-    for key in ("commit", "branch", "dirty", "remote"):
+    _copy(cols, r, _RUN_SCALARS)
+    for key in _RUN_MAPS:
+        cols[key].append(list(r[key].items()))
+    for key in ("commit", "branch", "dirty", "remote", "diff_sha256"):
         cols[f"git_{key}"].append(r["git"][key])
+    cols["git_changed_files"].append(r["git"]["changed_files"])
+    cols["git_untracked_files"].append(r["git"]["untracked_files"])
     for key in ("version", "implementation", "executable"):
         cols[f"python_{key}"].append(r["python"][key])
     _identity(cols, d)

@@ -15,6 +15,13 @@ and context probes run off the training thread); and nothing it does raises
 into the loop, except a programming error in the arguments (a non-numeric
 metric, a missing checkpoint file), which raises TypeError/ValueError/OSError
 at the call so the mistake is seen at once.
+
+Distributed jobs (torchrun, Slurm, MPI, Kubernetes): every rank calls
+`start_run` alike. The ranks derive one run id from the job identity their
+launcher exported (see `agent.sdk.scheduler`), so they join one run without
+talking: rank 0 owns it (RunStarted, RunFinished, stream `run/<id>`); every
+other rank attaches (RunStarted with `attached` true and its own host, pid
+and GPU context, never RunFinished, stream `run/<id>/rank<N>`).
 """
 
 from __future__ import annotations
@@ -35,8 +42,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, SupportsFloat
 
-from agent.sdk.client import Client, Point
+from agent.sdk import signals as _signals
+from agent.sdk.client import Client
 from agent.sdk.context import flatten_config, hash_path, snapshot
+from agent.sdk.scheduler import Placement, derive_run_id, placement
 
 __all__ = ["MetricValue", "Run", "SupportsItem", "start_run"]
 
@@ -120,8 +129,16 @@ class Run:
         run_id: str,
         config: dict[str, str],
         socket_path: str | None = None,
+        seeds: dict[str, int] | None = None,
+        where: Placement | None = None,
+        attached: bool = False,
     ) -> None:
+        where = where or Placement()
         self.run_id = run_id
+        self.rank = where.rank
+        self.world_size = where.world_size
+        self.attached = attached
+        """True for the ranks other than 0 of a distributed job: they never finish the run."""
         self.project = project
         self.name = name
         self.status: str | None = None
@@ -135,7 +152,8 @@ class Run:
             cwd = str(Path.cwd())
         except OSError:  # the working directory was deleted
             cwd = ""
-        self._client = Client(run_id, socket_path)
+        stream = f"run/{run_id}/rank{where.rank}" if attached else f"run/{run_id}"
+        self._client = Client(run_id, socket_path, stream=stream)
         start = functools.partial(
             snapshot,
             run_id=run_id,
@@ -145,11 +163,17 @@ class Run:
             argv=list(sys.argv),
             cwd=cwd,
             pid=self._pid,
+            seeds=seeds,
+            rank=where.rank,
+            world_size=where.world_size,
+            attached=attached,
+            scheduler=where.variables,
         )
         self._client.add_event("RunStarted", start)
 
     def __repr__(self) -> str:
-        return f"Run(project={self.project!r}, name={self.name!r}, run_id={self.run_id!r})"
+        rank = f", rank={self.rank}" if self.world_size > 1 else ""
+        return f"Run(project={self.project!r}, name={self.name!r}, run_id={self.run_id!r}{rank})"
 
     @property
     def dropped_points(self) -> int:
@@ -159,8 +183,14 @@ class Run:
     def log(self, metrics: Mapping[str, MetricValue], step: int | None = None) -> None:
         """Record metric values at `step` (default: previous step + 1, from 0).
 
-        Costs a few microseconds: values are checked and buffered; a background
-        thread sends them. NaN and Inf are valid values.
+        Costs about a microsecond: a copy of `metrics` is type-checked and
+        appended to a buffer; a background thread converts, batches and sends.
+        NaN and Inf are valid values. Values must be numbers (TypeError/ValueError
+        here otherwise); names must be non-empty str (a point with another name
+        is dropped by the sender, counted and warned about). A tensor-like value
+        (`.item()`: torch, cupy, jax) is not read here, so logging never syncs
+        a device: the sender thread reads it within ~0.1 s, so do not change it
+        in place after logging it (log `acc.clone()` for an accumulator).
         """
         if step is None:
             step = next(self._steps)  # atomic: safe from several threads
@@ -168,25 +198,24 @@ class Run:
             if type(step) is not int:
                 step = _step(step)
             self._steps = itertools.count(step + 1)
-        time_us = time.time_ns() // 1000
-        if type(metrics) is not dict and not isinstance(metrics, Mapping):
+        if type(metrics) is dict:
+            values = metrics.copy()  # the caller may reuse its dict for the next step
+        elif isinstance(metrics, Mapping):
+            values = dict(metrics)
+        else:
             raise TypeError(f"metrics must be a mapping, not {type(metrics).__name__}")
-        points: list[Point] = []
-        exact = True
-        for name, value in metrics.items():
-            if type(name) is not str or not name:
-                raise TypeError(f"metric names must be non-empty str, got {name!r}")
-            if type(value) is not float:
-                value = _to_float(name, value)
-                exact = False
-            points.append((step, time_us, name, value))
+        client = self._client
+        # one C-speed pass over the value types; anything but int/float/bool and numpy
+        # scalars takes the slow path. Names are checked by the sender (a bad one is
+        # dropped with a warning): checking them here would cost as much again.
+        if not client.PLAIN.issuperset(map(type, values.values())):
+            values = client.check(values)
         if self._finished and self._late("log"):
             return
-        if exact:
-            self._last.update(metrics)  # type: ignore[arg-type]  # all str -> float
-        else:
-            self._last.update((p[2], p[3]) for p in points)
-        self._client.add_points(points)
+        buf = client.buf
+        buf.append((step, time.time_ns(), values))  # atomic under the GIL: no lock
+        if not len(buf) & client.WAKE_MASK:
+            client.pressure()
 
     def log_checkpoint(
         self,
@@ -273,7 +302,9 @@ class Run:
         """End the run: RunFinished, then deliver (or spool) everything within `timeout` s.
 
         `summary` defaults to the last value of each metric; given values
-        override those. A second call does nothing.
+        override those. A second call does nothing. An attached rank (not rank
+        0 of its job) sends no RunFinished: rank 0 owns the run's outcome; it
+        only delivers what it logged.
         """
         if status not in STATUSES:
             raise ValueError(f"status must be one of {sorted(STATUSES)}, not {status!r}")
@@ -292,7 +323,8 @@ class Run:
                 "summary": {**self._last, **values},
                 "error": error,
             }
-            self._client.add_event("RunFinished", body)
+            if not self.attached:
+                self._client.add_event("RunFinished", body)
             if not self._client.close(timeout):
                 log.warning(
                     "traintrail: run %s not fully delivered within %g s", self.run_id, timeout
@@ -344,6 +376,7 @@ def start_run(
     *,
     run_id: str | None = None,
     socket_path: str | None = None,
+    seeds: Mapping[str, int] | None = None,
 ) -> Run:
     """Start recording a run; returns at once (context is collected in the background).
 
@@ -352,25 +385,82 @@ def start_run(
         name: a label; default `<script>-<first 8 of run_id>`.
         config: hyperparameters: a Mapping, dataclass instance or argparse.Namespace
             (flattened to dotted keys, JSON values), or None.
-        run_id: reuse an id (e.g. one per distributed job); default a new UUID.
+        run_id: reuse an id; default: in a distributed job (world size > 1) an id
+            derived from the job identity, so that every rank joins one run;
+            otherwise a new UUID. With world size > 1 rank 0 owns the run and
+            the other ranks attach to it, whether the id is given or derived.
         socket_path: the agent's socket; default $TRAINTRAIL_AGENT_SOCKET, else
             /tmp/traintrail/agent.sock.
+        seeds: the random seeds the script set, by name (e.g. {"torch": 0,
+            "numpy": 0, "data_shuffle": 1234}); signed 64-bit integers.
     """
     if not isinstance(project, str) or not project:
         raise TypeError("project must be a non-empty str")
     if name is not None and not isinstance(name, str):
         raise TypeError(f"name must be a str or None, not {type(name).__name__}")
     flat = flatten_config(config)
+    declared = _seeds(seeds)
+    where = placement()
+    joined = where.distributed  # the ranks share this id: rank 0 owns it, the others attach
     if run_id is None:
-        run_id = uuid.uuid4().hex
+        run_id, joined = _default_run_id(project, name, where)
     elif not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
         raise ValueError(f"run_id must match {_RUN_ID.pattern}, got {run_id!r}")
+    attached = joined and where.rank != 0
     if not name:
         name = f"{Path(sys.argv[0] if sys.argv else '').stem or 'python'}-{run_id[:8]}"
-    run = Run(project, name, run_id, flat, socket_path)
+    run = Run(project, name, run_id, flat, socket_path, declared, where, attached)
     _install_hooks()
     _OPEN_RUNS.add(run)
     return run
+
+
+_ordinals: dict[tuple[str, str], int] = {}
+_ordinals_lock = threading.Lock()
+_INT64 = range(-(2**63), 2**63)
+
+
+def _seeds(seeds: object) -> dict[str, int]:
+    if seeds is None:
+        return {}
+    if not isinstance(seeds, Mapping):
+        raise TypeError("seeds must be a mapping of name to int")
+    out: dict[str, int] = {}
+    for key, value in seeds.items():
+        if type(key) is not str or not key:
+            raise TypeError(f"seed names must be non-empty str, got {key!r}")
+        if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+            raise TypeError(f"seed {key!r} must be an int, not {type(value).__name__}")
+        number = operator.index(value)
+        if number not in _INT64:
+            raise ValueError(f"seed {key!r}: {number} does not fit a signed 64-bit integer")
+        out[key] = number
+    return out
+
+
+def _default_run_id(project: str, name: str | None, where: Placement) -> tuple[str, bool]:
+    """A job-derived id when distributed (the same in every rank), else a new UUID;
+    and whether the id is shared by the job's ranks.
+
+    Every rank makes the same sequence of start_run calls, so the N-th run of a
+    project/name in this process is the N-th in every rank: N is part of the id,
+    and a job that trains, then evaluates, records two runs.
+    """
+    if not where.distributed:
+        return uuid.uuid4().hex, False
+    if where.job_key is None:
+        log.warning(
+            "traintrail: rank %d of %d, but no job id in the environment "
+            "(TORCHELASTIC_RUN_ID, SLURM_JOB_ID, PMIX_NAMESPACE, TRAINTRAIL_JOB_ID); this rank "
+            "records its own run. Pass run_id= (the same in every rank) to join them.",
+            where.rank,
+            where.world_size,
+        )
+        return uuid.uuid4().hex, False
+    key = (project, name or "")
+    with _ordinals_lock:
+        ordinal = _ordinals[key] = _ordinals.get(key, -1) + 1
+    return derive_run_id(where.job_key, project, name or "", ordinal), True
 
 
 # -- interpreter exit: finish what the script left open -----------------------------------
@@ -391,12 +481,20 @@ def _excepthook(
 
 def _install_hooks() -> None:
     global _hooks_installed, _previous_excepthook
+    _signals.install(_kill_open_runs)  # SIGTERM/SIGINT; main thread only, so retried
     if _hooks_installed:
         return
     _hooks_installed = True
     _previous_excepthook = sys.excepthook
     sys.excepthook = _excepthook
     atexit.register(_finish_open_runs)
+
+
+def _kill_open_runs(reason: str) -> None:
+    """On SIGTERM/SIGINT (agent.sdk.signals): every open run of this process is killed."""
+    for run in list(_OPEN_RUNS):
+        if run._pid == os.getpid():
+            run.finish("killed", error=reason, timeout=_signals.KILL_TIMEOUT_S)
 
 
 def _finish_open_runs() -> None:

@@ -1,35 +1,44 @@
 """The SDK's background sender: buffer in the training thread, ship from a daemon thread.
 
-`Run.log` must cost microseconds and never wait on the agent, so it only
-appends `(step, time_us, name, value)` tuples to a list under a lock. A daemon
-thread wakes every 100 ms (sooner when 1000 points wait), turns the points
-into ONE columnar Metrics event per contiguous stretch (a lifecycle event such
-as a checkpoint ends a stretch, so the stream keeps the order in which things
-happened), writes one batch line and sends it over the agent's unix socket,
-then waits for the ack saying it is in the agent's spool. A line, once built,
-is resent verbatim, so event ids survive retries and the agent deduplicates.
+`Run.log` must cost about a microsecond and never wait on the agent, so it only
+appends one tuple `(step, time_ns, {name: value})` to a deque (atomic under
+the GIL: no lock) after one C-speed type check of the values. Everything else
+happens on a daemon thread: converting values to floats (a tensor-like's
+`.item()`, which may sync its device, runs there, never in the training
+thread), tracking the last value of each metric, building ONE columnar
+Metrics event per contiguous stretch (a lifecycle event such as a checkpoint
+ends a stretch, so the stream keeps the order in which things happened),
+encoding batch lines and sending them over the agent's unix socket, then
+waiting for the ack saying a line is in the agent's spool. A line, once
+built, is resent verbatim, so event ids survive retries and the agent
+deduplicates. The thread wakes every 100 ms, and sooner when entries pile up.
 
 When the agent cannot be reached, lines go to `<spool_dir>/<run_id>.<pid>.jsonl`
 (one warning says where); the thread retries every second and, once
 connected, sends the spooled lines first, in order, then deletes the file. A
 file left by a process that has exited is imported by the agent at its start.
 Memory is bounded: beyond `max_points` buffered points the oldest metric
-points are dropped (counted, one warning); lifecycle events are never dropped.
+points are dropped (counted in `dropped_points`, one warning); lifecycle
+events are never dropped. The bound is enforced by the sender and, when the
+sender is stuck (agent hung, spool unwritable), by the training thread once
+every `ABSORB_ENTRIES` log calls.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
 import os
+import signal
 import socket
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,9 +46,14 @@ from typing import Any
 __all__ = [
     "DEFAULT_SOCKET",
     "DEFAULT_SPOOL_DIR",
+    "PLAIN_TYPES",
+    "WAKE_MASK",
     "Client",
+    "check_values",
     "default_socket_path",
     "default_spool_dir",
+    "defer_signal",
+    "in_critical_section",
 ]
 
 log = logging.getLogger(__name__)
@@ -47,15 +61,37 @@ log = logging.getLogger(__name__)
 DEFAULT_SOCKET = "/tmp/traintrail/agent.sock"  # noqa: S108 - the agent's documented default
 DEFAULT_SPOOL_DIR = "/tmp/traintrail/sdk-spool"  # noqa: S108 - the agent imports from here
 FLUSH_INTERVAL_S = 0.1
-WAKE_POINTS = 1000
+WAKE_MASK = 1023  # the training thread nudges the sender every 1024 buffered log calls
+ABSORB_ENTRIES = 8192  # ...and enforces the bound itself beyond this many
+TAKE_POINTS = 50_000  # points the sender converts per cycle before delivering them
 RETRY_S = 1.0
 REPLY_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 1.0
 MAX_POINTS_PER_EVENT = 10_000
 _PERMANENT = ("bad request", "line too long")  # agent refusals a resend cannot cure
 
-Point = tuple[int, int, str, float]
+PLAIN_TYPES: set[type] = {float, int, bool}
+"""Value types `Run.log` buffers as they are (immutable; float() in the sender). numpy
+scalar types (float64, float32, int64, bool_...) join on first sight."""
+
+Entry = tuple[int, int, dict[str, Any]]  # (step, time_ns, {name: value}) of one log call
+Point = tuple[int, int, str, float]  # (step, time_us, name, value): one point on the wire
 Body = dict[str, Any]
+
+
+_held = 0  # training-thread sections holding a Client lock (see Client.pressure)
+_deferred: list[int] = []  # signals that arrived in one, raised again at its end
+
+
+def in_critical_section() -> bool:
+    """True while a training thread holds a Client lock (signal handlers must wait)."""
+    return _held > 0
+
+
+def defer_signal(signum: int) -> None:
+    """Raise `signum` again when the current critical section ends."""
+    if signum not in _deferred:
+        _deferred.append(signum)
 
 
 def default_socket_path() -> str:
@@ -68,19 +104,111 @@ def default_spool_dir() -> str:
     return os.environ.get("TRAINTRAIL_SDK_SPOOL_DIR") or DEFAULT_SPOOL_DIR
 
 
+# -- values: checked in the training thread, converted in the sender ---------------------
+
+
+class _Later:
+    """A tensor-like value (`.item()`, e.g. a CUDA tensor) read by the sender thread.
+
+    Its `.item()` may wait for the device; it runs in the sender, so the
+    training thread never syncs for a metric. The value is read when the
+    sender converts it (within ~0.1 s): a tensor modified in place after
+    `log` (an accumulator) reports its later value; log a fresh one
+    (`loss.detach()`, `acc.clone()`).
+    """
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __float__(self) -> float:
+        value = self.obj.item()
+        if isinstance(value, str | bytes | bytearray | complex):
+            raise TypeError(f"item() returned {type(value).__name__}")
+        return float(value)
+
+
+def check_values(values: Mapping[Any, Any]) -> dict[str, Any]:
+    """The slow path of `Run.log`: a copy of `values` ready to buffer, or TypeError/ValueError.
+
+    Names must be non-empty str. Plain numbers stay; numpy values become
+    floats now (cheap, no device; arrays are mutable); other tensor-likes
+    (`.item()`) are checked to hold one element without reading it (`numel()`
+    or `size`), detached from autograd (so no graph stays alive) and wrapped
+    for the sender to read; anything else with `__float__`/`__index__`
+    (Fraction, Decimal) is converted now.
+    """
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if type(name) is not str or not name:
+            raise TypeError(f"metric names must be non-empty str, got {name!r}")
+        out[name] = value if type(value) in PLAIN_TYPES else _value(name, value)
+    return out
+
+
+def _value(name: str, value: Any) -> Any:
+    if isinstance(value, str | bytes | bytearray):
+        raise TypeError(f"metric {name!r} must be a number, not {type(value).__name__}")
+    item = getattr(value, "item", None)
+    if callable(item) and not type(value).__module__.startswith("numpy"):
+        numel = getattr(value, "numel", None)
+        size = numel() if callable(numel) else getattr(value, "size", 1)
+        if type(size) is int and size != 1:
+            raise ValueError(f"metric {name!r} must be a scalar, got {size} elements")
+        if getattr(value, "requires_grad", False) is True:
+            value = value.detach()
+        return _Later(value)
+    try:
+        if callable(item):  # numpy scalar or array: CPU memory, read now
+            kind = getattr(getattr(value, "dtype", None), "kind", None)
+            scalar_type = type(value)
+            try:
+                value = item()
+            except (ValueError, TypeError, IndexError) as exc:
+                raise ValueError(f"metric {name!r} must be a scalar: {exc}") from None
+            if isinstance(value, str | bytes | bytearray):
+                raise TypeError(f"metric {name!r} must be a number, not {type(value).__name__}")
+            if kind in ("f", "i", "u", "b") and not hasattr(scalar_type, "__setitem__"):
+                PLAIN_TYPES.add(scalar_type)  # immutable real scalar: the fast path from now
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ValueError) and "must be a scalar" in str(exc):
+            raise
+        raise TypeError(f"metric {name!r} must be a number, not {type(value).__name__}") from None
+    except OverflowError:
+        raise ValueError(f"metric {name!r}: {value!r} does not fit a float") from None
+
+
 class _Event:
     """A lifecycle event, id and time fixed when queued; the body may still be computing."""
 
-    __slots__ = ("body", "event_id", "seq", "time_us", "type")
+    __slots__ = ("body", "event_id", "time_us", "type")
 
-    def __init__(self, etype: str, body: Body | Future[Body], seq: int = 0) -> None:
-        self.type, self.body, self.seq = etype, body, seq
+    def __init__(self, etype: str, body: Body | Future[Body]) -> None:
+        self.type, self.body = etype, body
         self.event_id = str(uuid.uuid4())
         self.time_us = time.time_ns() // 1000
 
 
+class _Mark:
+    """A flush/close mark: everything queued before it is done once it is taken and sent."""
+
+    __slots__ = ("seq",)
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+
+
+Item = Entry | _Event | _Mark
+
+
 class Client:
     """One run's buffer, sender thread and spool. Nothing here raises into training."""
+
+    PLAIN = PLAIN_TYPES  # for Run.log: attributes of the client it holds, no imports
+    WAKE_MASK = WAKE_MASK
+    check = staticmethod(check_values)
 
     def __init__(
         self,
@@ -88,23 +216,30 @@ class Client:
         socket_path: str | None = None,
         spool_dir: str | None = None,
         *,
-        max_points: int = 1_000_000,
+        max_points: int = 2_000_000,
         start: bool = True,
+        stream: str | None = None,
     ) -> None:
         self.run_id = run_id
+        self.stream = stream or f"run/{run_id}"  # rank N of a job: run/<id>/rank<N>
+        self._run_id_json = json.dumps(run_id)
         self.socket_path = socket_path or default_socket_path()
         self.spool_path = Path(spool_dir or default_spool_dir()) / f"{run_id}.{os.getpid()}.jsonl"
         self.max_points = max_points
         self.dropped_points = 0
+        self.last: dict[str, float] = {}  # last value of each metric, as sent
         self._pid = os.getpid()
-        self._lock = threading.Lock()  # the buffer; held for microseconds
+        # the training thread appends here, lock-free; the sender (and, when it falls
+        # behind, the training thread) moves items to _store under _lock
+        self.buf: deque[Item] = deque()
+        self._store: deque[Item] = deque()  # bounded: _stored points at most max_points
+        self._stored = 0
+        self._lock = threading.Lock()  # _store; held for a move, never during I/O
         self._io_lock = threading.Lock()  # one sender at a time
         self._done_cv = threading.Condition()
         self._wake = threading.Event()
-        self._queue: deque[list[Point] | _Event] = deque()  # point lists end at an event
-        self._seg: list[Point] = []  # points since the last event
-        self._queued = 0  # points in the lists in _queue
-        self._added = self._done = self._outbox_seq = 0  # queue-item sequence numbers
+        self._marks = itertools.count(1)
+        self._done = self._outbox_seq = self._target = 0  # mark sequence numbers
         self._outbox: deque[str] = deque()  # built lines, not yet acked or spooled
         self._sock: socket.socket | None = None
         self._rbuf = b""
@@ -121,72 +256,94 @@ class Client:
 
     # -- training-thread side: cheap, never blocks on I/O ------------------------------------
 
-    def add_points(self, points: list[Point]) -> None:
-        """Buffer metric points `(step, time_us, name, value)`."""
-        with self._lock:
-            seg = self._seg
-            seg += points
-            n = len(seg)
-            if n + self._queued > self.max_points:
-                self._drop_oldest(n + self._queued - self.max_points + self.max_points // 10)
-        if n >= WAKE_POINTS > n - len(points):  # just crossed: wake the sender once
-            self._wake.set()
+    def add(self, step: int, time_ns: int, values: dict[str, Any]) -> None:
+        """Buffer one log call; `values` as `check_values` leaves them (the caller's copy)."""
+        buf = self.buf
+        buf.append((step, time_ns, values))
+        if not len(buf) & WAKE_MASK:
+            self.pressure()
+
+    def pressure(self) -> None:
+        """Called every 1024 buffered log calls: wake the sender; if it is stuck, bound memory.
+
+        The training thread holds `_lock` here: a signal arriving meanwhile must
+        not finish the run from inside (the sender would wait on that lock), so
+        `agent.sdk.signals` defers it to the end of this section."""
+        global _held
+        if len(self.buf) >= ABSORB_ENTRIES:
+            _held += 1
+            try:
+                with self._lock:
+                    self._absorb()
+            finally:
+                _held -= 1
+            if _deferred and not _held:
+                signal.raise_signal(_deferred.pop())
+        self._wake.set()
 
     def add_event(self, etype: str, body: Body | Callable[[], Body]) -> None:
         """Queue a lifecycle event after every point so far; a callable body is computed
-        on a worker thread (hashes, context probes) and the event waits for it in order."""
+        on a worker thread (hashes, context probes) and the event waits for it in order.
+        A RunFinished body's `summary` is completed in order by the sender with the last
+        value of each metric (the values given win)."""
         if callable(body):
-            with self._lock:
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(1, thread_name_prefix="traintrail-hash")
-                executor = self._executor
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="traintrail-hash")
             try:
-                future: Future[Body] = executor.submit(body)
+                future: Future[Body] = self._executor.submit(body)
             except RuntimeError:  # shut down already (interpreter exit): compute it here
                 return self.add_event(etype, body())
             future.add_done_callback(lambda _f: self._wake.set())
-            event = _Event(etype, future)
+            self.buf.append(_Event(etype, future))
         else:
-            event = _Event(etype, body)
-        with self._lock:
-            event.seq = self._seal()
-            self._queue.append(event)
+            self.buf.append(_Event(etype, body))
         return None
 
-    def _seal(self) -> int:
-        """(Lock held.) Queue the current points; returns a new sequence number."""
-        if self._seg:
-            self._queue.append(self._seg)
-            self._queued += len(self._seg)
-            self._seg = []
-        self._added += 1
-        return self._added
+    def _absorb(self) -> None:
+        """(Lock held.) Move everything from `buf` to the bounded store."""
+        buf, store = self.buf, self._store
+        n = 0
+        for _ in range(len(buf)):
+            item = buf.popleft()
+            store.append(item)
+            if type(item) is tuple:
+                n += len(item[2])
+        self._stored += n
+        if self._stored > self.max_points:
+            self._drop_oldest(self._stored - self.max_points + self.max_points // 10)
 
     def _drop_oldest(self, n: int) -> None:
-        """Drop the `n` oldest buffered points (lock held); lifecycle events stay."""
+        """(Lock held.) Drop whole log calls, oldest first, until `n` points are gone;
+        lifecycle events and marks stay, in order."""
+        store, kept = self._store, deque[Item]()
         dropped = 0
-        for pts in [i for i in self._queue if isinstance(i, list)] + [self._seg]:
-            k = min(n - dropped, len(pts))
-            del pts[:k]
-            dropped += k
-            if pts is not self._seg:
-                self._queued -= k
-            if dropped >= n:
-                break
+        while store and dropped < n:
+            item = store.popleft()
+            if type(item) is tuple:
+                dropped += len(item[2])
+            else:
+                kept.append(item)
+        kept.extend(store)
+        self._store = kept
+        self._stored -= dropped
         self.dropped_points += dropped
         msg = "traintrail: over %d metric points buffered; dropping the oldest"
         self._warn_once("overflow", msg, self.max_points)
 
     # -- flush / close -----------------------------------------------------------------------
 
+    def _mark(self) -> int:
+        seq = next(self._marks)
+        self.buf.append(_Mark(seq))
+        return seq
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is delivered or spooled. False on timeout."""
         if os.getpid() != self._pid:  # a forked child: the thread and socket are the parent's
             return False
         if self._closed:
-            return self._done >= self._added
-        with self._lock:
-            target = self._seal()
+            return not self.buf and not self._store and not self._outbox
+        target = self._mark()
         deadline = time.monotonic() + timeout
         while not self._thread.is_alive() and self._done < target:  # never started
             if time.monotonic() >= deadline:
@@ -205,8 +362,7 @@ class Client:
         try:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)  # local reads: they end
-            with self._lock:
-                target = self._seal()
+            self._target = self._mark()
             self._deadline = time.monotonic() + timeout
             self._closing = True
             self._wake.set()
@@ -214,7 +370,7 @@ class Client:
                 self._thread.join(timeout + 1.0)
             else:
                 self._loop()
-            return self._done >= target
+            return self._done >= self._target
         except Exception:
             log.exception("traintrail: closing the sender of run %s failed", self.run_id)
             return False
@@ -222,43 +378,46 @@ class Client:
     # -- sender thread -----------------------------------------------------------------------
 
     def _loop(self) -> None:
+        progressed = False
         while True:
-            if not self._closing:
+            if not self._closing and not (progressed and self._store):
                 self._wake.wait(FLUSH_INTERVAL_S)
                 self._wake.clear()
             progressed = self._cycle_safe()
             if self._closing:
-                with self._lock:  # every sequence number handed out is done, no new points
-                    idle = not self._seg and self._done >= self._added
-                if idle:
+                if self._done >= self._target:
                     break
                 if time.monotonic() >= self._deadline:  # out of time: spool what is left
                     self._disconnect()
                     self._last_fail = time.monotonic()
-                    self._cycle_safe()
-                    self._cycle_safe()
+                    for _ in range(4):
+                        if not self._cycle_safe(math.inf) and not self._outbox:
+                            break
                     break
                 if not progressed:
                     time.sleep(0.05)
         self._disconnect()
 
-    def _cycle_safe(self) -> bool:
+    def _cycle_safe(self, budget: float = TAKE_POINTS) -> bool:
         with self._io_lock:
             try:
-                return self._cycle()
+                return self._cycle(budget)
             except Exception:  # a bug here must kill neither the sender nor the run
                 if "cycle" not in self._warned:
                     self._warned.add("cycle")
                     log.exception("traintrail: sender error (run %s)", self.run_id)
                 return False
 
-    def _cycle(self) -> bool:
+    def _cycle(self, budget: float) -> bool:
         progressed = False
         if not self._outbox:
-            items, upto = self._take()
-            self._outbox.extend(self._build_lines(items))
-            self._outbox_seq = max(self._outbox_seq, upto)
-            progressed = bool(items)
+            items, upto = self._take(budget)
+            if items:
+                self._outbox.extend(self._build_lines(items))
+                progressed = True
+            if upto > self._outbox_seq:
+                self._outbox_seq = upto
+                progressed = True
         if self._outbox or self._spooling:
             before = len(self._outbox)
             self._deliver()
@@ -269,44 +428,44 @@ class Client:
                 self._done_cv.notify_all()
         return progressed
 
-    def _take(self) -> tuple[list[list[Point] | _Event], int]:
-        """Pop items in order, stopping at an event whose body is still computing.
-        Returns them and the add-sequence number up to which everything is taken."""
-        items: list[list[Point] | _Event] = []
+    def _take(self, budget: float) -> tuple[list[Entry | _Event], int]:
+        """Pop items in order (about `budget` points), stopping at an event whose body is
+        still computing. Returns them and the last mark taken (0: none)."""
+        items: list[Entry | _Event] = []
+        upto = points = 0
         with self._lock:
-            queue = self._queue
-            while queue:
-                head = queue[0]
-                if (
+            self._absorb()
+            store = self._store
+            while store and points < budget:
+                head = store[0]
+                if type(head) is tuple:
+                    points += len(head[2])
+                elif type(head) is _Mark:
+                    upto = head.seq
+                    store.popleft()
+                    continue
+                elif (
                     isinstance(head, _Event)
                     and isinstance(head.body, Future)
                     and not head.body.done()
                 ):
-                    upto = head.seq - 1  # everything before the event still computing
                     break
-                items.append(queue.popleft())
-            else:
-                upto = self._seal() if self._seg else self._added
-                if queue:  # the points just sealed
-                    items.append(queue.popleft())
-            self._queued -= sum(len(i) for i in items if isinstance(i, list))
+                items.append(store.popleft())  # type: ignore[arg-type]
+            self._stored -= points
         return items, upto
 
-    def _build_lines(self, items: list[list[Point] | _Event]) -> list[str]:
+    def _build_lines(self, items: list[Entry | _Event]) -> list[str]:
         """Events in order, grouped into lines of at most MAX_POINTS_PER_EVENT points."""
-        merged: list[list[Point] | _Event] = []
-        for item in items:  # points split only by a flush mark are one stretch
-            if isinstance(item, list) and merged and isinstance(merged[-1], list):
-                merged[-1] = merged[-1] + item
-            else:
-                merged.append(item)
-        events: list[tuple[int, Body]] = []
-        for item in merged:
-            if isinstance(item, list):
-                for i in range(0, len(item), MAX_POINTS_PER_EVENT):
-                    chunk = item[i : i + MAX_POINTS_PER_EVENT]
-                    events.append((len(chunk), self._metrics_event(chunk)))
+        events: list[tuple[int, str]] = []  # (points, the event's JSON text)
+        stretch: list[Entry] = []
+        for item in items:
+            if type(item) is tuple:
+                stretch.append(item)
                 continue
+            if stretch:
+                events += self._metrics_events(stretch)
+                stretch = []
+            assert isinstance(item, _Event)
             body = item.body
             if isinstance(body, Future):
                 try:
@@ -316,9 +475,14 @@ class Client:
                         "traintrail: %s event of run %s lost: %s", item.type, self.run_id, exc
                     )
                     continue
-            events.append((0, self._envelope(item.type, item.event_id, item.time_us, body)))
+            if item.type == "RunFinished" and isinstance(body.get("summary"), dict):
+                body = {**body, "summary": {**self.last, **body["summary"]}}
+            envelope = self._envelope(item.type, item.event_id, item.time_us, body)
+            events.append((0, _dumps(envelope)))
+        if stretch:
+            events += self._metrics_events(stretch)
         lines: list[str] = []
-        batch: list[Body] = []
+        batch: list[str] = []
         points = 0
         for n, event in events:
             if batch and points + n > MAX_POINTS_PER_EVENT:
@@ -330,25 +494,118 @@ class Client:
             lines.append(_line(batch))
         return lines
 
-    def _metrics_event(self, points: list[Point]) -> Body:
-        steps, times, names, values = zip(*points, strict=True)
-        index = {name: i for i, name in enumerate(dict.fromkeys(names))}
-        body = {
-            "run_id": self.run_id,
-            "names": list(index),
-            "step": list(steps),
-            "time_us": list(times),
-            "name_idx": [index[n] for n in names],
-            "value": list(values),
-        }
-        return self._envelope("Metrics", str(uuid.uuid4()), points[0][1], body)
+    def _metrics_events(self, entries: list[Entry]) -> list[tuple[int, str]]:
+        """Columnar Metrics events (JSON text) for consecutive log calls.
+
+        The encoding is written out here rather than by json.dumps: a log call's
+        points share their step and time, so those columns are one repeated
+        string per call, and a call with the same names as an earlier one
+        reuses its name_idx text. What is left per point is float() and repr().
+        """
+        out: list[tuple[int, str]] = []
+        pending: list[Entry] = []
+        count = 0
+        for entry in entries:
+            n = len(entry[2])
+            if n > MAX_POINTS_PER_EVENT:  # one huge call: split it
+                items = list(entry[2].items())
+                for i in range(0, n, MAX_POINTS_PER_EVENT):
+                    part = dict(items[i : i + MAX_POINTS_PER_EVENT])
+                    if pending:
+                        out.append(self._metrics_event(pending, count))
+                        pending, count = [], 0
+                    out.append(self._metrics_event([(entry[0], entry[1], part)], len(part)))
+                continue
+            if count + n > MAX_POINTS_PER_EVENT and pending:
+                out.append(self._metrics_event(pending, count))
+                pending, count = [], 0
+            pending.append(entry)
+            count += n
+        if pending:
+            out.append(self._metrics_event(pending, count))
+        return [(n, text) for n, text in out if n]
+
+    def _metrics_event(self, entries: list[Entry], count: int) -> tuple[int, str]:
+        index: dict[str, int] = {}
+        shapes: dict[tuple[str, ...], str] = {}  # the names of a call -> its name_idx text
+        finals: dict[tuple[str, ...], list[float]] = {}  # the last values per shape
+        steps: list[str] = []
+        times: list[str] = []
+        idx: list[str] = []
+        values: list[float] = []
+        for step, time_ns, metrics in entries:
+            names = tuple(metrics)
+            try:
+                vals = list(map(float, metrics.values()))
+                text = shapes.get(names)
+                if text is None:
+                    if not all(type(k) is str and k for k in names):
+                        raise TypeError("metric names must be non-empty str")
+                    text = "".join(f"{index.setdefault(k, len(index))}," for k in names)
+                    shapes[names] = text
+            except (TypeError, ValueError, OverflowError, RuntimeError):
+                good, vals = self._slow_points(metrics, index)
+                names = tuple(good)
+                text = "".join(f"{index[k]}," for k in names)
+            n = len(vals)
+            if not n:
+                continue
+            steps.append(f"{step}," * n)
+            times.append(f"{time_ns // 1000}," * n)
+            idx.append(text)
+            values += vals
+            finals.pop(names, None)
+            finals[names] = vals
+        for names, vals in finals.items():  # in order of their last call: later ones win
+            self.last.update(zip(names, vals, strict=True))
+        if not values:
+            return 0, ""
+        numbers = ",".join(map(float.__repr__, values))
+        if "n" in numbers:  # nan, inf: JSON's NaN, Infinity, -Infinity (as json.dumps)
+            numbers = ",".join(map(_json_float, values))
+        body = (
+            f'{{"run_id":{self._run_id_json},"names":{_dumps(list(index))},'
+            f'"step":[{"".join(steps)[:-1]}],"time_us":[{"".join(times)[:-1]}],'
+            f'"name_idx":[{"".join(idx)[:-1]}],"value":[{numbers}]}}'
+        )
+        head = self._envelope("Metrics", str(uuid.uuid4()), entries[0][1] // 1000, {})
+        envelope = _dumps(head)
+        assert envelope.endswith('"body":{}}')
+        return len(values), envelope[: -len("{}}")] + body + "}"
+
+    def _slow_points(
+        self, metrics: dict[str, Any], index: dict[str, int]
+    ) -> tuple[list[str], list[float]]:
+        """Per value: add new names to `index`; a value that cannot be read is dropped
+        (counted, one warning per metric name)."""
+        names: list[str] = []
+        vals: list[float] = []
+        for name, value in metrics.items():
+            try:
+                if type(name) is not str or not name:
+                    raise TypeError("metric names must be non-empty str")
+                number = float(value)
+            except Exception as exc:  # a tensor's .item() may raise anything
+                self.dropped_points += 1
+                self._warn_once(
+                    f"value:{name!r}",
+                    "traintrail: metric %r of run %s unreadable, point dropped: %s",
+                    name,
+                    self.run_id,
+                    exc,
+                )
+                continue
+            index.setdefault(name, len(index))
+            names.append(name)
+            vals.append(number)
+        return names, vals
 
     def _envelope(self, etype: str, event_id: str, time_us: int, body: Body) -> Body:
         return {
             "type": etype,
             "event_id": event_id,
             "time_us": time_us,
-            "stream": f"run/{self.run_id}",
+            "stream": self.stream,
             "key": self.run_id,
             "body": body,
         }
@@ -495,8 +752,17 @@ class Client:
         log.warning(msg, *args)
 
 
-def _line(events: list[Body]) -> str:
-    return json.dumps({"v": 1, "events": events}, allow_nan=True, separators=(",", ":"))
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, allow_nan=True, separators=(",", ":"))
+
+
+def _line(events: list[str]) -> str:
+    """One batch line from events already encoded as JSON text."""
+    return '{"v":1,"events":[' + ",".join(events) + "]}"
+
+
+def _json_float(x: float) -> str:
+    return _dumps(x)
 
 
 def _mkdir_shared(path: Path) -> None:

@@ -1,12 +1,20 @@
 """What a run ran with: the RunStarted context snapshot and content hashes.
 
-An auditor asking "what produced this model" needs the code (git), the
-interpreter and installed packages, the process (host, user, argv, cwd) and
-the hyperparameters, captured when the run starts. Collecting it must never
-fail a training script, so every probe degrades to None/empty instead of
-raising; only an unsupported *config* type is the caller's error. Environment
-variables are deliberately not captured (they hold secrets; a redacted view
-comes later). The file/directory hashes that identify checkpoints and
+An auditor asking "what produced this model" needs the code, the environment,
+the hyperparameters, the seeds and the process's place in its job, captured
+when the run starts. This module assembles them; the parts live beside it:
+
+- `agent.sdk.code`: git commit/branch/remote/dirty, diff hash, changed and
+  untracked files; the entry script's hash;
+- `agent.sdk.environment`: Python, packages, OS/kernel, container, GPU
+  stack, framework versions and determinism flags;
+- `agent.sdk.redact`: the environment variables, with secrets redacted (as
+  are secret-looking command-line arguments and config values);
+- `agent.sdk.scheduler`: Slurm/torchrun/MPI/Kubernetes rank and job identity.
+
+Collecting it must never fail a training script, so every probe degrades to
+None/empty instead of raising; only an unsupported *config* type is the
+caller's error. The file/directory hashes that identify checkpoints and
 datasets live here too: they are the "which bytes" half of the same record.
 
 Stdlib only: this runs inside training processes.
@@ -20,15 +28,16 @@ import enum
 import getpass
 import hashlib
 import json
+import logging
 import os
-import platform
 import socket
-import subprocess
-import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePath
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+
+from agent.sdk import environment, redact
+from agent.sdk.code import GIT_TIMEOUT_S, git_state, script_info, strip_credentials
+from agent.sdk.environment import installed_packages, python_info
 
 __all__ = [
     "GIT_TIMEOUT_S",
@@ -43,8 +52,7 @@ __all__ = [
     "strip_credentials",
 ]
 
-GIT_TIMEOUT_S = 2.0
-"""Upper bound for each `git` probe; a hung git (network FS, huge repo) costs no more."""
+log = logging.getLogger(__name__)
 
 _CHUNK = 1024 * 1024
 
@@ -118,98 +126,7 @@ def _json_default(value: object) -> object:
     return str(value)
 
 
-# -- git ----------------------------------------------------------------------------------
-
-
-def git_state(cwd: str, timeout: float = GIT_TIMEOUT_S) -> dict[str, Any]:
-    """commit, branch, dirty, remote of the work tree containing `cwd`; all None outside one.
-
-    `dirty` counts changes to tracked files (as `git describe --dirty` does);
-    `branch` is None on a detached HEAD; `remote` is origin's (else the first
-    remote's) URL with credentials stripped.
-    """
-    state: dict[str, Any] = {"commit": None, "branch": None, "dirty": None, "remote": None}
-    if _git(cwd, timeout, "rev-parse", "--is-inside-work-tree") != "true":
-        return state
-    state["commit"] = _git(cwd, timeout, "rev-parse", "--verify", "-q", "HEAD")
-    state["branch"] = _git(cwd, timeout, "symbolic-ref", "-q", "--short", "HEAD")
-    status = _git(cwd, timeout, "status", "--porcelain", "--untracked-files=no")
-    state["dirty"] = None if status is None else status != ""
-    remote = _git(cwd, timeout, "config", "--get", "remote.origin.url")
-    if not remote:
-        names = (_git(cwd, timeout, "remote") or "").split()
-        remote = _git(cwd, timeout, "config", "--get", f"remote.{names[0]}.url") if names else None
-    state["remote"] = strip_credentials(remote) if remote else None
-    return state
-
-
-def _git(cwd: str, timeout: float, *args: str) -> str | None:
-    """stdout of `git args...` stripped, or None when git fails, is missing or hangs."""
-    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_OPTIONAL_LOCKS="0", LC_ALL="C")
-    try:
-        done = subprocess.run(
-            ["git", *args],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if done.returncode != 0:
-        return None
-    return done.stdout.decode("utf-8", "replace").strip()
-
-
-def strip_credentials(url: str) -> str:
-    """The URL without user:password (http/https: without the user, often a token).
-
-    scp-like remotes (`git@host:org/repo.git`) carry no secret and are kept.
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if not parts.scheme or not parts.netloc or "@" not in parts.netloc:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    keep_user = parts.scheme not in ("http", "https") and user
-    netloc = f"{user}@{hostport}" if keep_user else hostport
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-# -- interpreter, packages, process -------------------------------------------------------
-
-
-def python_info() -> dict[str, str]:
-    """version, implementation and executable of the running interpreter."""
-    return {
-        "version": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "executable": sys.executable or "",
-    }
-
-
-def installed_packages() -> dict[str, str]:
-    """name → version of every installed distribution, sorted; the first on sys.path wins."""
-    import importlib.metadata  # slow to import (email, zipfile): only the worker needs it
-
-    found: dict[str, str] = {}
-    try:
-        for dist in importlib.metadata.distributions():
-            try:
-                name = dist.metadata["Name"]
-                version = dist.version
-            except Exception:  # noqa: S112 - a broken dist-info must not hide the others
-                continue
-            if name and name not in found:
-                found[str(name)] = str(version or "")
-    except Exception:  # noqa: S110 - an unreadable sys.path entry ends the scan, not the run
-        pass
-    return dict(sorted(found.items(), key=lambda kv: kv[0].lower()))
+# -- the snapshot ---------------------------------------------------------------------
 
 
 def _user() -> str:
@@ -219,11 +136,13 @@ def _user() -> str:
         return str(os.getuid()) if hasattr(os, "getuid") else ""
 
 
-def _platform() -> str:
+def _probe(what: str, probe: Callable[[], Any], default: Any) -> Any:
+    """probe(), or `default` and one debug line: one failing part must not lose the rest."""
     try:
-        return platform.platform()
-    except Exception:
-        return sys.platform
+        return probe()
+    except Exception as exc:
+        log.debug("traintrail: context probe %s failed: %s", what, exc)
+        return default
 
 
 def snapshot(
@@ -235,23 +154,71 @@ def snapshot(
     argv: list[str],
     cwd: str,
     pid: int,
+    seeds: Mapping[str, int] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    attached: bool = False,
+    scheduler: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The RunStarted body. Slow parts (git, package scan) run here, off the training thread."""
+    """The RunStarted body. Slow parts (git, package scan, nvidia-smi) run here, off
+    the training thread. Secrets in env, argv and config are redacted here."""
+    env = dict(os.environ if environ is None else environ)
+    no_git: dict[str, Any] = {
+        "commit": None, "branch": None, "dirty": None, "remote": None,
+        "diff_sha256": None, "changed_files": [], "untracked_files": [],
+    }  # fmt: skip
+    no_gpu: dict[str, Any] = {"cuda_driver": None, "cuda_runtime": None, "cudnn": None, "gpus": []}
+    os_info = _probe("os", environment.os_info, {"os": "", "kernel": "", "distro": ""})
+    gpu = _probe("gpu", environment.gpu_info, no_gpu)
+    container = _probe(
+        "container", environment.container_info, {"container_image": None, "container_id": None}
+    )
+    script = _probe(
+        "script", lambda: script_info(argv, cwd), {"script_path": None, "script_sha256": None}
+    )
+    sched = {k: redact.redact_value(v) for k, v in (scheduler or {}).items()}
+
+    def flags() -> dict[str, str]:
+        return {k: redact.redact_value(v) for k, v in environment.deterministic_flags().items()}
+
     return {
         "run_id": run_id,
         "project": project,
         "name": name,
         "user": _user(),
-        "host": socket.gethostname(),
+        "host": _probe("host", socket.gethostname, ""),
         "pid": pid,
-        "command": argv,
+        "command": _probe("command", lambda: redact.redact_argv(argv), []),
         "cwd": cwd,
-        "config": config,
-        "git": git_state(cwd),
+        "config": _probe("config", lambda: redact.redact_config(config), {}),
+        "git": _probe("git", lambda: git_state(cwd), no_git),
         "python": python_info(),
-        "os": _platform(),
-        "packages": installed_packages(),
+        "os": os_info["os"],
+        "packages": _probe("packages", installed_packages, {}),
+        "script_path": script["script_path"],
+        "script_sha256": script["script_sha256"],
+        "kernel": os_info["kernel"],
+        "distro": os_info["distro"],
+        "container_image": _opt(container["container_image"], redact.redact_value),
+        "container_id": container["container_id"],
+        "cuda_driver": gpu["cuda_driver"],
+        "cuda_runtime": gpu["cuda_runtime"],
+        "cudnn": gpu["cudnn"],
+        "gpus": gpu["gpus"],
+        "frameworks": _probe("frameworks", environment.frameworks, {}),
+        "seeds": dict(sorted((seeds or {}).items())),
+        "deterministic": _probe("deterministic", flags, {}),
+        "env": _probe("env", lambda: redact.redact_env(env), {}),
+        "scheduler": dict(sorted(sched.items())),
+        "rank": rank,
+        "world_size": world_size,
+        "attached": attached,
     }
+
+
+def _opt(value: str | None, fn: Callable[[str], str]) -> str | None:
+    return None if value is None else fn(value)
 
 
 # -- content hashes -----------------------------------------------------------------------

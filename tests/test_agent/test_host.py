@@ -135,3 +135,19 @@ def test_emit_failure_is_counted_and_sampling_goes_on() -> None:
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="interval_s"):
         HostConfig(interval_s=0)
+
+
+def test_registry_forgets_processes_that_ended() -> None:
+    """Attached ranks never send RunFinished: their pids go when they die."""
+    import subprocess
+    import sys
+
+    from agent.runs import RunRegistry
+
+    runs = RunRegistry()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    runs.register(child.pid, "r-attached")
+    assert runs.pids() == {child.pid: "r-attached"}
+    child.kill()
+    child.wait()
+    assert runs.pids() == {}

@@ -26,6 +26,7 @@ from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 
@@ -337,7 +338,10 @@ def test_import_pulls_in_nothing_heavy() -> None:
     for heavy in ("fastavro", "confluent_kafka", "numpy", "schemas", "structlog", "torch"):
         assert not {m for m in modules if m == heavy or m.startswith(heavy + ".")}, heavy
     ours = {m for m in modules if m == "agent" or m.startswith("agent.")}
-    assert ours == {"agent", "agent.sdk", "agent.sdk.client", "agent.sdk.context"}
+    # the SDK's own stdlib-only modules; none of the daemon's, no integration
+    assert {m for m in ours if m != "agent.sdk" and not m.startswith("agent.sdk.")} == {"agent"}
+    assert not {m for m in ours if m.startswith("agent.sdk.integrations")}
+    assert {"agent.sdk.client", "agent.sdk.context", "agent.sdk.scheduler"} <= ours
 
 
 def _git(cwd: Path, *args: str) -> str:
@@ -354,7 +358,10 @@ def test_git_snapshot_clean_dirty_and_outside(
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
     plain = tmp_path / "plain"
     plain.mkdir()
-    assert git_state(str(plain)) == {"commit": None, "branch": None, "dirty": None, "remote": None}
+    assert git_state(str(plain)) == {
+        "commit": None, "branch": None, "dirty": None, "remote": None,
+        "diff_sha256": None, "changed_files": [], "untracked_files": [],
+    }  # fmt: skip
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -373,6 +380,9 @@ def test_git_snapshot_clean_dirty_and_outside(
         "branch": "main",
         "dirty": False,
         "remote": "https://example.com/org/repo.git",
+        "diff_sha256": hashlib.sha256(b"").hexdigest(),
+        "changed_files": [],
+        "untracked_files": [],
     }
     (repo / "untracked.txt").write_text("x")  # untracked files do not make it dirty
     assert git_state(str(repo))["dirty"] is False
@@ -383,7 +393,8 @@ def test_git_snapshot_clean_dirty_and_outside(
     with traintrail.start_run("p", socket_path=agent.path):
         pass
     (started,) = agent.events("RunStarted")
-    assert started["body"]["git"] == {**clean, "dirty": True}
+    dirty = {"dirty": True, "changed_files": ["train.py"], "untracked_files": ["untracked.txt"]}
+    assert started["body"]["git"] == {**clean, **dirty, "diff_sha256": ANY}
     assert started["body"]["cwd"] == str(repo)
 
 
@@ -452,8 +463,7 @@ def test_log_accepts_scalar_likes_and_rejects_bad_arguments(agent: AgentStandIn)
                 run.log({"x": bad})  # type: ignore[dict-item]
         with pytest.raises(ValueError):
             run.log({"x": np.array([1.0, 2.0])})
-        with pytest.raises(TypeError):
-            run.log({1: 1.0})  # type: ignore[dict-item]
+        run.log({1: 1.0})  # type: ignore[dict-item]  # checked by the sender: dropped, warned
         with pytest.raises(TypeError):
             run.log({"x": 1.0}, step=1.5)  # type: ignore[arg-type]
         with pytest.raises(TypeError):
@@ -515,14 +525,15 @@ def test_buffer_bound_drops_oldest_points_keeps_events(
     caplog.set_level(logging.WARNING, logger="agent.sdk")
     client = sdk_client.Client("bounded", agent.path, max_points=100, start=False)
     client.add_event("RunStarted", {"run_id": "bounded"})
-    for i in range(250):
-        client.add_points([(i, i, "x", float(i))])
+    n = 20_000  # the training thread enforces the bound every 1024 calls past 8192 buffered
+    for i in range(n):
+        client.add(i, i * 1000, {"x": float(i)})
     client.add_event("RunFinished", {"run_id": "bounded"})
     assert client.dropped_points > 0
     assert client.close(5)
     got = [p[2] for p in points(agent.events())]
-    assert got == [float(i) for i in range(250 - len(got), 250)]  # the newest survive
-    assert len(got) == 250 - client.dropped_points <= 100
+    assert got == [float(i) for i in range(n - len(got), n)]  # the newest survive
+    assert len(got) == n - client.dropped_points <= 100
     assert [e["type"] for e in agent.events() if e["type"] != "Metrics"] == [
         "RunStarted", "RunFinished"
     ]  # fmt: skip

@@ -1,0 +1,318 @@
+"""Cost of `run.log` in the training thread, next to MLflow, W&B and the floor.
+
+Per-call median and p99 (time.perf_counter_ns around each call, after a
+warm-up) with 1 and with 20 metrics per call, all in one process and run:
+
+- floor: a bare `deque.append((step, time.time_ns(), metrics))`, the tuple
+  `run.log` buffers;
+- traintrail `run.log`, delivering to an agent stand-in: a minimal real
+  unix-socket server in its own process that parses each batch line and acks
+  it as the agent does (no Avro encoding, no spool fsync: this measures the
+  SDK, not the agent); plus `finish()` after 100,000 steps x 20 metrics;
+- MLflow `log_metrics` on a file store (MLFLOW_ALLOW_FILE_STORE=true),
+  synchronous, and with `synchronous=False` (its `end_run` timed too);
+- W&B `wandb.log` in offline mode (its `finish` timed too);
+- a real training loop (numpy MLP on sklearn's digits, ~1 ms a step) with and
+  without `run.log` of 20 metrics every step: wall-time overhead.
+
+MLflow and W&B are not project dependencies: install them into a bench venv:
+
+    python3 -m venv /tmp/benchvenv
+    /tmp/benchvenv/bin/pip install -e '.[agent,demo]' mlflow wandb
+    /tmp/benchvenv/bin/python bench/sdk_log_cost.py [N=100000] [N_SLOW=2000] [LOOP_STEPS=3000]
+
+A library that is not installed is reported as such, not faked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import multiprocessing
+import os
+import socket
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import agent.sdk as traintrail
+
+Metrics = dict[str, Any]
+
+
+def _serve(path: str, ready: Any) -> None:
+    """The agent's SDK socket protocol: one JSON batch line in, one ack line out."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen()
+    ready.set()
+    while True:
+        conn, _ = srv.accept()
+        with conn, conn.makefile("rb") as reader:
+            for raw in reader:
+                n = len(json.loads(raw)["events"])
+                conn.sendall(b'{"ok": true, "accepted": %d, "rejected": []}\n' % n)
+
+
+@contextlib.contextmanager
+def agent_stand_in(path: str) -> Iterator[None]:
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_serve, args=(path, ready), daemon=True)
+    proc.start()
+    ready.wait(30)
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.join()
+
+
+def metrics_for(step: int, width: int) -> Metrics:
+    return {f"m{k:02d}": 1.0 / (step + k + 1) for k in range(width)}
+
+
+def per_call(fn: Callable[[Metrics, int], object], n: int, width: int, warm: int) -> list[int]:
+    """Nanoseconds of each of `n` calls (after `warm` untimed ones); fresh values each step."""
+    pc = time.perf_counter_ns
+    for i in range(warm):
+        fn(metrics_for(i, width), i)
+    out = [0] * n
+    for i in range(n):
+        m = metrics_for(warm + i, width)
+        t0 = pc()
+        fn(m, warm + i)
+        out[i] = pc() - t0
+    return out
+
+
+def stats(ns: list[int]) -> tuple[float, float]:
+    s = sorted(ns)
+    return s[len(s) // 2] / 1000, s[min(len(s) - 1, int(len(s) * 0.99))] / 1000
+
+
+def bench_floor(n: int, width: int) -> list[int]:
+    buf: deque[tuple[int, int, Metrics]] = deque()
+    append, now = buf.append, time.time_ns
+    return per_call(lambda m, i: append((i, now(), m)), n, width, 1000)
+
+
+def bench_traintrail(sock: str, n: int, width: int) -> tuple[list[int], float, int]:
+    run = traintrail.start_run("bench", socket_path=sock)
+    # the default bound (2M points buffered, ~120 MB) is below what a tight loop of
+    # 100k x 20 leaves unencoded: raise it here so finish() is timed on all points
+    run._client.max_points = 4_000_000
+    times = per_call(lambda m, i: run.log(m, step=i), n, width, 1000)
+    t0 = time.perf_counter()
+    run.finish(timeout=60)
+    return times, time.perf_counter() - t0, run.dropped_points
+
+
+def bench_mlflow(tmp: str, n: int, width: int, synchronous: bool) -> tuple[list[int], float]:
+    import mlflow
+
+    mlflow.set_tracking_uri(Path(tmp, f"mlruns-{width}-{synchronous}").as_uri())
+    mlflow.start_run()
+    times = per_call(
+        lambda m, i: mlflow.log_metrics(m, step=i, synchronous=synchronous), n, width, 100
+    )
+    t0 = time.perf_counter()
+    mlflow.end_run()
+    return times, time.perf_counter() - t0
+
+
+def bench_wandb(tmp: str, n: int, width: int) -> tuple[list[int], float]:
+    import wandb
+
+    run = wandb.init(mode="offline", dir=tmp, project="bench", settings=wandb.Settings(silent=True))
+    times = per_call(lambda m, i: run.log(m, step=i), n, width, 100)
+    t0 = time.perf_counter()
+    run.finish()
+    return times, time.perf_counter() - t0
+
+
+def training_loop(steps: int, run: Any) -> float:
+    """Minibatch SGD, 64-256-256-10 ReLU MLP on digits; 20 metrics a step if `run`."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    x_all, y_all = load_digits(return_X_y=True)
+    x_all = (x_all / 16.0).astype(np.float64)
+    rng = np.random.default_rng(0)
+    sizes = [64, 256, 256, 10]
+    ws = [rng.normal(0, (2 / a) ** 0.5, (a, b)) for a, b in itertools.pairwise(sizes)]
+    bs = [np.zeros(b) for b in sizes[1:]]
+    lr, batch = 0.05, 128
+    t0 = time.perf_counter()
+    for step in range(steps):
+        idx = rng.integers(0, len(x_all), batch)
+        x, y = x_all[idx], y_all[idx]
+        acts = [x]
+        for w, b in zip(ws[:-1], bs[:-1], strict=True):
+            acts.append(np.maximum(acts[-1] @ w + b, 0.0))
+        logits = acts[-1] @ ws[-1] + bs[-1]
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        loss = -np.log(p[np.arange(batch), y] + 1e-12).mean()
+        acc = (p.argmax(axis=1) == y).mean()
+        g = p
+        g[np.arange(batch), y] -= 1.0
+        g /= batch
+        grads = []
+        for layer in range(len(ws) - 1, -1, -1):
+            gw, gb = acts[layer].T @ g, g.sum(axis=0)
+            grads.append((gw, gb))
+            if layer:
+                g = (g @ ws[layer].T) * (acts[layer] > 0)
+        for (gw, gb), w, b in zip(grads, reversed(ws), reversed(bs), strict=True):
+            w -= lr * gw
+            b -= lr * gb
+        # the metrics are computed in both variants: only the logging differs
+        metrics = {"loss": loss, "acc": acc, "lr": lr}  # numpy scalars, as users log them
+        for k, (gw, gb) in enumerate(grads):
+            metrics[f"grad_w{k}"] = np.abs(gw).max()
+            metrics[f"grad_b{k}"] = np.abs(gb).max()
+        for k in range(len(metrics), 20):
+            metrics[f"extra{k}"] = loss * k
+        if run is not None:
+            run.log(metrics, step=step)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    n_slow = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
+    loop_steps = int(sys.argv[3]) if len(sys.argv) > 3 else 3000
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ.setdefault("WANDB_SILENT", "true")
+    rows: list[tuple[str, str, str, str]] = []
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="tt-", dir="/tmp") as tmp:
+        os.environ["TRAINTRAIL_SDK_SPOOL_DIR"] = f"{tmp}/sdk-spool"
+        sock = f"{tmp}/agent.sock"
+        with agent_stand_in(sock):
+            for width in (1, 20):
+                floor = stats(bench_floor(n, width))
+                tt, fin, dropped = bench_traintrail(sock, n, width)
+                ttm = stats(tt)
+                rows.append((f"floor deque.append, {width}", *_fmt(floor), f"n={n}"))
+                if width == 20:
+                    values = [v for i in range(n) for v in metrics_for(i, width).values()]
+                    t0 = time.perf_counter()
+                    ",".join(map(float.__repr__, values))
+                    notes.append(
+                        f"encoding floor: repr() of the same {len(values)} floats takes "
+                        f"{(time.perf_counter() - t0) * 1000:.0f} ms (JSON on the wire needs it)"
+                    )
+                rows.append(
+                    (
+                        f"traintrail run.log, {width}",
+                        *_fmt(ttm),
+                        f"n={n}; finish {fin * 1000:.0f} ms; dropped {dropped}",
+                    )
+                )
+                slowest: list[float] = []
+                others: list[tuple[str, Callable[[int], tuple[list[int], float]]]] = [
+                    ("MLflow file store sync", lambda w: bench_mlflow(tmp, n_slow, w, True)),
+                    ("MLflow synchronous=False", lambda w: bench_mlflow(tmp, n_slow, w, False)),
+                    ("W&B offline", lambda w: bench_wandb(tmp, n_slow, w)),
+                ]
+                for label, fn in others:
+                    try:
+                        times, end = fn(width)
+                    except ImportError as exc:
+                        rows.append((f"{label}, {width}", "-", "-", f"not installed: {exc.name}"))
+                        continue
+                    st = stats(times)
+                    slowest.append(st[0])
+                    end_name = "end_run" if "MLflow" in label else "finish"
+                    rows.append(
+                        (
+                            f"{label}, {width}",
+                            *_fmt(st),
+                            f"n={n_slow}; {end_name} {end * 1000:.0f} ms",
+                        )
+                    )
+                if slowest:
+                    cheaper = min(slowest)
+                    notes.append(
+                        f"{width} metric(s): cheapest other library {cheaper:.1f} us median = "
+                        f"{cheaper / ttm[0]:.0f}x traintrail's {ttm[0]:.2f} us"
+                        f" (target >= 100x); traintrail p99 {ttm[1]:.1f} us (target < 50 us)"
+                    )
+            notes.append(_loop_overhead(sock, loop_steps))
+            notes.append(_cuda_no_sync(sock))
+    print(f"{'what, metrics per call':38} {'median us':>10} {'p99 us':>10}  notes")
+    for what, med, p99, note in rows:
+        print(f"{what:38} {med:>10} {p99:>10}  {note}")
+    for note in notes:
+        print(note)
+
+
+def _cuda_no_sync(sock: str) -> str:
+    """With the GPU busy (a queue of large matmuls), log a CUDA scalar: no wait for the queue."""
+    try:
+        import torch
+    except ImportError:
+        return "CUDA tensors: torch not installed"
+    if not torch.cuda.is_available():
+        return "CUDA tensors: no GPU"
+    a = torch.randn(8192, 8192, device="cuda")
+    run = traintrail.start_run("bench-cuda", socket_path=sock)
+    log_us: list[float] = []
+    item_us: list[float] = []
+    for step in range(20):
+        for _ in range(20):
+            a = (a @ a).clamp_(-1, 1)  # ~20 ms of queued GPU work
+        loss = a.mean()
+        t0 = time.perf_counter_ns()
+        run.log({"loss": loss}, step=step)
+        log_us.append((time.perf_counter_ns() - t0) / 1000)
+        t0 = time.perf_counter_ns()
+        loss.item()  # what logging it the usual way costs: wait for the queue
+        item_us.append((time.perf_counter_ns() - t0) / 1000)
+    run.finish()
+    return (
+        f"CUDA tensor, GPU busy: run.log median {sorted(log_us)[10]:.1f} us "
+        f"(max {max(log_us):.1f}); loss.item() median {sorted(item_us)[10]:.0f} us (the sync)"
+    )
+
+
+def _fmt(st: tuple[float, float]) -> tuple[str, str]:
+    return f"{st[0]:.2f}", f"{st[1]:.2f}"
+
+
+def _loop_overhead(sock: str, steps: int = 3000, pairs: int = 5) -> str:
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return "training loop: scikit-learn not installed (pip install '.[demo]')"
+    training_loop(300, None)  # warm caches and BLAS
+    plain: list[float] = []
+    logged: list[float] = []
+    for _ in range(pairs):  # alternate, so drift hits both alike
+        plain.append(training_loop(steps, None))
+        run = traintrail.start_run("bench-loop", socket_path=sock)
+        logged.append(training_loop(steps, run))
+        run.finish()
+    p, lg = sorted(plain)[pairs // 2], sorted(logged)[pairs // 2]
+    pairs_ = list(zip(plain, logged, strict=True))
+    return (
+        f"training loop ({steps} steps, numpy MLP on digits, median of {pairs} alternated runs): "
+        f"{p / steps * 1000:.3f} ms/step plain, {lg / steps * 1000:.3f} ms/step logging 20 "
+        f"metrics/step: overhead {(lg - p) / p * 100:+.2f} % (target within 1 %); "
+        f"per pair: {', '.join(f'{(b - a) / a * 100:+.1f}%' for a, b in pairs_)}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -23,19 +23,31 @@ Job identity, first found wins:
 Rank: `RANK`, `OMPI_COMM_WORLD_RANK`, `PMIX_RANK`, `PMI_RANK`, `SLURM_PROCID`
 (torchrun's `RANK` first: under Slurm one torchrun per node has a node-level
 `SLURM_PROCID`). World size likewise from `WORLD_SIZE`, `OMPI_COMM_WORLD_SIZE`,
-`PMI_SIZE`, `SLURM_NTASKS`. Stdlib only; never raises.
+`PMI_SIZE`, `SLURM_NTASKS`. `default_run_id` picks the id of a run started without
+one: derived as above when distributed, else a new UUID. Stdlib only; never raises.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["NAMESPACE", "SCHEDULER_VARS", "Placement", "derive_run_id", "placement"]
+__all__ = [
+    "NAMESPACE",
+    "SCHEDULER_VARS",
+    "Placement",
+    "default_run_id",
+    "derive_run_id",
+    "placement",
+]
+
+log = logging.getLogger("agent.sdk")  # where start_run's warnings have always gone
 
 NAMESPACE = uuid.UUID("6f1c7d3e-2b0a-5e4f-9a61-7472616e7472")
 """uuid5 namespace of run ids derived from a job identity."""
@@ -183,3 +195,32 @@ def derive_run_id(job_key: str, project: str, name: str, ordinal: int) -> str:
     """The run id every rank of a job computes alike: uuid5 of the job identity,
     project, name and the how-manieth run of that project/name in the process."""
     return uuid.uuid5(NAMESPACE, f"{job_key}\0{project}\0{name}\0{ordinal}").hex
+
+
+_ordinals: dict[tuple[str, str], int] = {}
+_ordinals_lock = threading.Lock()
+
+
+def default_run_id(project: str, name: str | None, where: Placement) -> tuple[str, bool]:
+    """A job-derived id when distributed (the same in every rank), else a new UUID;
+    and whether the id is shared by the job's ranks.
+
+    Every rank makes the same sequence of start_run calls, so the N-th run of a
+    project/name in this process is the N-th in every rank: N is part of the id,
+    and a job that trains, then evaluates, records two runs.
+    """
+    if not where.distributed:
+        return uuid.uuid4().hex, False
+    if where.job_key is None:
+        log.warning(
+            "traintrail: rank %d of %d, but no job id in the environment "
+            "(TORCHELASTIC_RUN_ID, SLURM_JOB_ID, PMIX_NAMESPACE, TRAINTRAIL_JOB_ID); this rank "
+            "records its own run. Pass run_id= (the same in every rank) to join them.",
+            where.rank,
+            where.world_size,
+        )
+        return uuid.uuid4().hex, False
+    key = (project, name or "")
+    with _ordinals_lock:
+        ordinal = _ordinals[key] = _ordinals.get(key, -1) + 1
+    return derive_run_id(where.job_key, project, name or "", ordinal), True

@@ -34,7 +34,7 @@ ensure_venv() {
     if [ ! -x .venv/bin/python ]; then
         step "creating .venv with $(python3 --version)" "$TT_LOGS/install.log" python3 -m venv .venv
     fi
-    step "installing traintrail[$extras] into .venv (first time: about 2 minutes)" \
+    step "installing traintrail[$extras] into .venv (first time: minutes; [dev] pulls ~3 GB of torch)" \
         "$TT_LOGS/install.log" .venv/bin/pip install --disable-pip-version-check -e ".[$extras]"
     touch "$stamp"
 }

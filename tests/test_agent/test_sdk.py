@@ -341,7 +341,17 @@ def test_import_pulls_in_nothing_heavy() -> None:
     # the SDK's own stdlib-only modules; none of the daemon's, no integration
     assert {m for m in ours if m != "agent.sdk" and not m.startswith("agent.sdk.")} == {"agent"}
     assert not {m for m in ours if m.startswith("agent.sdk.integrations")}
-    assert {"agent.sdk.client", "agent.sdk.context", "agent.sdk.scheduler"} <= ours
+    assert {
+        "agent.sdk.client",
+        "agent.sdk.context",
+        "agent.sdk.encode",
+        "agent.sdk.exit_hooks",
+        "agent.sdk.run",
+        "agent.sdk.scheduler",
+        "agent.sdk.transport",
+        "agent.sdk.values",
+        "agent.sdk.warn",
+    } <= ours
 
 
 def _git(cwd: Path, *args: str) -> str:

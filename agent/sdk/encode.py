@@ -1,0 +1,219 @@
+"""Batch lines from buffered log calls and lifecycle events: the SDK's wire encoding.
+
+The sender thread turns what the training thread buffered into the agent's
+line protocol, `{"v":1,"events":[...]}` per line: ONE columnar Metrics event
+per contiguous stretch of log calls (a lifecycle event such as a checkpoint
+ends a stretch, so the stream keeps the order in which things happened), at
+most MAX_POINTS_PER_EVENT points an event and a line. Converting values to
+floats (a tensor-like's `.item()`) happens here, on the sender thread, and so
+does tracking the last value of each metric for the run's summary.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from concurrent.futures import Future
+from typing import Any
+
+from agent.sdk.warn import WarnOnce
+
+__all__ = ["MAX_POINTS_PER_EVENT", "Body", "Encoder", "Entry", "Event"]
+
+MAX_POINTS_PER_EVENT = 10_000
+
+Entry = tuple[int, int, dict[str, Any]]  # (step, time_ns, {name: value}) of one log call
+Body = dict[str, Any]
+
+
+class Event:
+    """A lifecycle event, id and time fixed when queued; the body may still be computing."""
+
+    __slots__ = ("body", "event_id", "time_us", "type")
+
+    def __init__(self, etype: str, body: Body | Future[Body]) -> None:
+        self.type, self.body = etype, body
+        self.event_id = str(uuid.uuid4())
+        self.time_us = time.time_ns() // 1000
+
+
+class Encoder:
+    """One run's encoder: keeps the last value of each metric and counts unreadable points."""
+
+    def __init__(self, run_id: str, stream: str, warn: WarnOnce) -> None:
+        self.run_id = run_id
+        self.stream = stream
+        self._run_id_json = json.dumps(run_id)
+        self.last: dict[str, float] = {}  # last value of each metric, as sent
+        self.dropped_points = 0  # values that could not be read
+        self._warn = warn
+
+    def lines(self, items: list[Entry | Event]) -> list[str]:
+        """Events in order, grouped into lines of at most MAX_POINTS_PER_EVENT points."""
+        events: list[tuple[int, str]] = []  # (points, the event's JSON text)
+        stretch: list[Entry] = []
+        for item in items:
+            if type(item) is tuple:
+                stretch.append(item)
+                continue
+            if stretch:
+                events += self._metrics_events(stretch)
+                stretch = []
+            assert isinstance(item, Event)
+            body = item.body
+            if isinstance(body, Future):
+                try:
+                    body = body.result()
+                except Exception as exc:  # body functions catch their own errors; be safe
+                    self._warn.log.error(
+                        "traintrail: %s event of run %s lost: %s", item.type, self.run_id, exc
+                    )
+                    continue
+            if item.type == "RunFinished" and isinstance(body.get("summary"), dict):
+                body = {**body, "summary": {**self.last, **body["summary"]}}
+            envelope = self._envelope(item.type, item.event_id, item.time_us, body)
+            events.append((0, _dumps(envelope)))
+        if stretch:
+            events += self._metrics_events(stretch)
+        lines: list[str] = []
+        batch: list[str] = []
+        points = 0
+        for n, event in events:
+            if batch and points + n > MAX_POINTS_PER_EVENT:
+                lines.append(_line(batch))
+                batch, points = [], 0
+            batch.append(event)
+            points += n
+        if batch:
+            lines.append(_line(batch))
+        return lines
+
+    def _metrics_events(self, entries: list[Entry]) -> list[tuple[int, str]]:
+        """Columnar Metrics events (JSON text) for consecutive log calls.
+
+        The encoding is written out here rather than by json.dumps: a log call's
+        points share their step and time, so those columns are one repeated
+        string per call, and a call with the same names as an earlier one
+        reuses its name_idx text. What is left per point is float() and repr().
+        """
+        out: list[tuple[int, str]] = []
+        pending: list[Entry] = []
+        count = 0
+        for entry in entries:
+            n = len(entry[2])
+            if n > MAX_POINTS_PER_EVENT:  # one huge call: split it
+                items = list(entry[2].items())
+                for i in range(0, n, MAX_POINTS_PER_EVENT):
+                    part = dict(items[i : i + MAX_POINTS_PER_EVENT])
+                    if pending:
+                        out.append(self._metrics_event(pending, count))
+                        pending, count = [], 0
+                    out.append(self._metrics_event([(entry[0], entry[1], part)], len(part)))
+                continue
+            if count + n > MAX_POINTS_PER_EVENT and pending:
+                out.append(self._metrics_event(pending, count))
+                pending, count = [], 0
+            pending.append(entry)
+            count += n
+        if pending:
+            out.append(self._metrics_event(pending, count))
+        return [(n, text) for n, text in out if n]
+
+    def _metrics_event(self, entries: list[Entry], count: int) -> tuple[int, str]:
+        index: dict[str, int] = {}
+        shapes: dict[tuple[str, ...], str] = {}  # the names of a call -> its name_idx text
+        finals: dict[tuple[str, ...], list[float]] = {}  # the last values per shape
+        steps: list[str] = []
+        times: list[str] = []
+        idx: list[str] = []
+        values: list[float] = []
+        for step, time_ns, metrics in entries:
+            names = tuple(metrics)
+            try:
+                vals = list(map(float, metrics.values()))
+                text = shapes.get(names)
+                if text is None:
+                    if not all(type(k) is str and k for k in names):
+                        raise TypeError("metric names must be non-empty str")
+                    text = "".join(f"{index.setdefault(k, len(index))}," for k in names)
+                    shapes[names] = text
+            except (TypeError, ValueError, OverflowError, RuntimeError):
+                good, vals = self._slow_points(metrics, index)
+                names = tuple(good)
+                text = "".join(f"{index[k]}," for k in names)
+            n = len(vals)
+            if not n:
+                continue
+            steps.append(f"{step}," * n)
+            times.append(f"{time_ns // 1000}," * n)
+            idx.append(text)
+            values += vals
+            finals.pop(names, None)
+            finals[names] = vals
+        for names, vals in finals.items():  # in order of their last call: later ones win
+            self.last.update(zip(names, vals, strict=True))
+        if not values:
+            return 0, ""
+        numbers = ",".join(map(float.__repr__, values))
+        if "n" in numbers:  # nan, inf: JSON's NaN, Infinity, -Infinity (as json.dumps)
+            numbers = ",".join(map(_json_float, values))
+        body = (
+            f'{{"run_id":{self._run_id_json},"names":{_dumps(list(index))},'
+            f'"step":[{"".join(steps)[:-1]}],"time_us":[{"".join(times)[:-1]}],'
+            f'"name_idx":[{"".join(idx)[:-1]}],"value":[{numbers}]}}'
+        )
+        head = self._envelope("Metrics", str(uuid.uuid4()), entries[0][1] // 1000, {})
+        envelope = _dumps(head)
+        assert envelope.endswith('"body":{}}')
+        return len(values), envelope[: -len("{}}")] + body + "}"
+
+    def _slow_points(
+        self, metrics: dict[str, Any], index: dict[str, int]
+    ) -> tuple[list[str], list[float]]:
+        """Per value: add new names to `index`; a value that cannot be read is dropped
+        (counted, one warning per metric name)."""
+        names: list[str] = []
+        vals: list[float] = []
+        for name, value in metrics.items():
+            try:
+                if type(name) is not str or not name:
+                    raise TypeError("metric names must be non-empty str")
+                number = float(value)
+            except Exception as exc:  # a tensor's .item() may raise anything
+                self.dropped_points += 1
+                self._warn(
+                    f"value:{name!r}",
+                    "traintrail: metric %r of run %s unreadable, point dropped: %s",
+                    name,
+                    self.run_id,
+                    exc,
+                )
+                continue
+            index.setdefault(name, len(index))
+            names.append(name)
+            vals.append(number)
+        return names, vals
+
+    def _envelope(self, etype: str, event_id: str, time_us: int, body: Body) -> Body:
+        return {
+            "type": etype,
+            "event_id": event_id,
+            "time_us": time_us,
+            "stream": self.stream,
+            "key": self.run_id,
+            "body": body,
+        }
+
+
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, allow_nan=True, separators=(",", ":"))
+
+
+def _line(events: list[str]) -> str:
+    """One batch line from events already encoded as JSON text."""
+    return '{"v":1,"events":[' + ",".join(events) + "]}"
+
+
+def _json_float(x: float) -> str:
+    return _dumps(x)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["AgentError", "SpoolCorruptError", "SpoolError", "SpoolFullError"]
+__all__ = ["AgentError", "SpoolError", "SpoolFullError"]
 
 
 class AgentError(Exception):
@@ -11,10 +11,6 @@ class AgentError(Exception):
 
 class SpoolError(AgentError):
     """The spool directory cannot be written (disk full, permissions)."""
-
-
-class SpoolCorruptError(SpoolError):
-    """A spool frame failed its checksum where it cannot be a torn tail."""
 
 
 class SpoolFullError(SpoolError):

@@ -78,11 +78,10 @@ class Ingest:
         with self.chain.lock:
             staged = {"critical": _Staged(), "samples": _Staged()}
             pending: dict[str, tuple[int, bytes]] = {}
+            seen: set[str] = set()  # this batch's ids: a batch may repeat an event
             for ev in events:
                 event_id = str(ev.get("event_id", ""))
-                if event_id in self._recent or any(
-                    event_id in s.event_ids for s in staged.values()
-                ):
+                if event_id in self._recent or event_id in seen:
                     continue
                 try:
                     topic, key, value, stream, seq = self._encode(ev, pending, allowed)
@@ -95,6 +94,7 @@ class Ingest:
                 part.entries.append((topic, key, value))
                 part.links.append((stream, seq, digest))
                 part.event_ids.append(event_id)
+                seen.add(event_id)
             try:
                 self.critical.append(staged["critical"].entries)
             except SpoolFullError as exc:

@@ -163,18 +163,13 @@ class Agent:
 
     def _recover_chain(self) -> None:
         for spool in (self.critical, self.samples):
-            cursor = spool.first_rid()
-            while True:
-                records, cursor = spool.read(cursor, 5000)
-                if not records:
-                    break
-                for record in records:
-                    try:
-                        env = decode(self.registry, record.value).record["envelope"]
-                    except SchemaError as exc:  # cannot happen for what we encoded
-                        log.error("spooled record does not decode", rid=record.rid, error=str(exc))
-                        continue
-                    self.chain.link(env["stream"], env["seq"], event_hash(record.value))
+            for record in spool.pending(5000):
+                try:
+                    env = decode(self.registry, record.value).record["envelope"]
+                except SchemaError as exc:  # cannot happen for what we encoded
+                    log.error("spooled record does not decode", rid=record.rid, error=str(exc))
+                    continue
+                self.chain.link(env["stream"], env["seq"], event_hash(record.value))
 
     def stop(self) -> None:
         """Stop sources and socket, give deliveries a bounded time, keep the rest spooled."""

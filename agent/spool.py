@@ -308,6 +308,17 @@ class Spool:
         self._read_hint = (rid, path, offset + pos)
         return records, rid
 
+    def pending(self, batch: int = 1000) -> Iterator[Record]:
+        """Every undelivered record, oldest first, read `batch` at a time
+        (chain recovery at start, tools and tests; the shipper keeps its own
+        cursor)."""
+        cursor = self.first_rid()
+        while True:
+            records, cursor = self.read(cursor, batch)
+            if not records:
+                return
+            yield from records
+
     # -- inspection ----------------------------------------------------------------
 
     def stats(self) -> SpoolStats:

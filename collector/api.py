@@ -22,7 +22,7 @@ from collector import queries
 from collector.errors import StoreError
 from collector.store import Store
 
-__all__ = ["ApiServer", "start_api"]
+__all__ = ["ApiServer", "route", "start_api"]
 
 log = structlog.get_logger("traintrail.api")
 
@@ -42,7 +42,7 @@ def _int(params: dict[str, list[str]], name: str, default: int) -> int:
     return value
 
 
-def _route(store: Store, path: str, params: dict[str, list[str]]) -> Any:
+def route(store: Store, path: str, params: dict[str, list[str]]) -> Any:
     parts = [unquote(p) for p in path.strip("/").split("/") if p]
     match parts:
         case ["health"]:
@@ -81,7 +81,7 @@ def _handler(store: Store) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             url = urlsplit(self.path)
             try:
-                body, status = _route(store, url.path, parse_qs(url.query)), 200
+                body, status = route(store, url.path, parse_qs(url.query)), 200
             except _NotFoundError as exc:
                 body, status = {"error": str(exc)}, 404
             except ValueError as exc:

@@ -177,13 +177,13 @@ def _fetcher(config: CollectorConfig) -> Fetch:
 
         return fetch_http
 
-    from collector.api import _route
+    from collector.api import route
     from collector.store import connect
 
     store = connect(config.clickhouse_dsn, config.clickhouse_database)
 
     def fetch_direct(path: str, params: dict[str, Any]) -> Any:
-        return _route(store, path, {k: [str(v)] for k, v in params.items() if v is not None})
+        return route(store, path, {k: [str(v)] for k, v in params.items() if v is not None})
 
     return fetch_direct
 

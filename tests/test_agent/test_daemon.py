@@ -55,14 +55,8 @@ def _event(kind: str, run_id: str = "r1", **extra: Any) -> dict[str, Any]:
 def _spooled(tmp_path: Path, spool: str = "segments") -> list[dict[str, Any]]:
     reader = Spool(tmp_path / "spool" / spool)
     reader.open()
-    records, cursor = [], 0
-    while True:
-        batch, cursor = reader.read(cursor, 1000)
-        if not batch:
-            break
-        records += batch
     out = []
-    for r in records:
+    for r in reader.pending():
         decoded = decode(default_registry(), r.value).record
         decoded["_hash"] = event_hash(r.value)
         decoded["_topic"] = r.topic

@@ -15,14 +15,8 @@ from agent.spool import Record, Spool
 
 
 def _all(spool: Spool) -> list[Record]:
-    """Every undelivered record, read the way the shipper reads."""
-    out: list[Record] = []
-    cursor = spool.first_rid()
-    while True:
-        records, cursor = spool.read(cursor, 7)
-        if not records:
-            return out
-        out += records
+    """Every undelivered record, read 7 at a time so reads span segments."""
+    return list(spool.pending(7))
 
 
 def _reopen(path: Path, **kw: object) -> tuple[Spool, list[Record]]:

@@ -202,7 +202,12 @@ class Agent:
             signal.signal(sig, _signal)
         self.start()
         while not done.is_set():
-            done_or_reload.wait()
+            # A timed wait, not a bare one: the kernel may deliver the signal
+            # to another thread, and CPython runs Python handlers only when
+            # the main thread executes bytecode; a main thread blocked in an
+            # untimed lock wait would never see SIGHUP or SIGTERM.
+            if not done_or_reload.wait(0.5):
+                continue
             done_or_reload.clear()
             if reload.is_set() and not done.is_set():
                 reload.clear()

@@ -3,7 +3,8 @@
 chDB lets one process open a data directory, so in embedded mode every
 query command goes through here (with a server DSN the CLI may also query
 ClickHouse directly). Only named queries and `SELECT`s run with
-ClickHouse's `readonly=1` are served; nothing here can write. It binds to
+ClickHouse's `readonly=1` are served; nothing here can write (`/metrics`
+serves the collector's Prometheus metrics). It binds to
 127.0.0.1 by default: put an authenticating proxy in front before exposing it.
 """
 
@@ -65,6 +66,13 @@ def route(store: Store, path: str, params: dict[str, list[str]]) -> Any:
         case ["lineage", sha256]:
             return queries.lineage(store, sha256)
         case ["dead-letters"]:
+            if params.get("raw", ["0"])[0] == "1":  # for `traintrail dlq replay`
+                return queries.dead_letters_raw(
+                    store,
+                    _int(params, "limit", 100_000),
+                    params.get("error_type", [""])[0],
+                    params.get("topic", [""])[0],
+                )
             return queries.dead_letters(store, _int(params, "limit", 100))
         case ["sql"]:
             sql = params.get("q", [""])[0]
@@ -74,12 +82,15 @@ def route(store: Store, path: str, params: dict[str, list[str]]) -> Any:
     raise _NotFoundError(f"no route {path!r}")
 
 
-def _handler(store: Store) -> type[BaseHTTPRequestHandler]:
+def _handler(store: Store, metrics: Callable[[], bytes] | None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "traintrail-api/1"
 
         def do_GET(self) -> None:
             url = urlsplit(self.path)
+            if url.path == "/metrics" and metrics is not None:
+                self._send(200, metrics(), "text/plain; version=0.0.4; charset=utf-8")
+                return
             try:
                 body, status = route(store, url.path, parse_qs(url.query)), 200
             except _NotFoundError as exc:
@@ -88,9 +99,11 @@ def _handler(store: Store) -> type[BaseHTTPRequestHandler]:
                 body, status = {"error": str(exc)}, 400
             except StoreError as exc:
                 body, status = {"error": str(exc)}, 502
-            payload = json.dumps(body).encode()
+            self._send(status, json.dumps(body).encode(), "application/json")
+
+        def _send(self, status: int, payload: bytes, content_type: str) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
@@ -104,8 +117,10 @@ def _handler(store: Store) -> type[BaseHTTPRequestHandler]:
 class ApiServer:
     """The HTTP server and the thread serving it."""
 
-    def __init__(self, store: Store, host: str, port: int) -> None:
-        self.httpd = ThreadingHTTPServer((host, port), _handler(store))
+    def __init__(
+        self, store: Store, host: str, port: int, metrics: Callable[[], bytes] | None = None
+    ) -> None:
+        self.httpd = ThreadingHTTPServer((host, port), _handler(store, metrics))
         self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="api", daemon=True)
 
@@ -124,9 +139,14 @@ class ApiServer:
 
 
 def start_api(
-    store: Store, host: str, port: int, on_url: Callable[[str], None] | None = None
+    store: Store,
+    host: str,
+    port: int,
+    on_url: Callable[[str], None] | None = None,
+    metrics: Callable[[], bytes] | None = None,
 ) -> ApiServer:
-    server = ApiServer(store, host, port).start()
+    """Serve the read-only API (and, given `metrics`, Prometheus /metrics)."""
+    server = ApiServer(store, host, port, metrics).start()
     log.info("query api listening", url=server.url)
     if on_url is not None:
         on_url(server.url)

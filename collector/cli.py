@@ -74,10 +74,11 @@ def collector_run(config: CollectorConfig, ready_file: Path | None) -> None:
     SIGINT finishes the batch in hand, commits it and exits.
     """
     from collector.api import start_api
+    from collector.deadletters import DeadLetters
     from collector.migrate import migrate
     from collector.pipeline import Pipeline, make_consumer
     from collector.store import connect
-    from collector.topics import ensure_topics
+    from collector.topics import provision
     from schemas import default_registry
     from schemas.logs import configure_logging
 
@@ -93,21 +94,23 @@ def collector_run(config: CollectorConfig, ready_file: Path | None) -> None:
             dsn=redact_dsn(config.clickhouse_dsn),
             migrations_applied=[m.version for m in applied],
         )
-        created = ensure_topics(
-            config.kafka_bootstrap,
-            config.topics(),
-            config.kafka_partitions,
-            config.kafka_replication,
-        )
-        if created:
-            log.info("topics created", topics=created)
+        topics = provision(config)
+        if topics.created or topics.retention_set:
+            log.info("topics provisioned", created=topics.created, retention=topics.retention_set)
     except CollectorError as exc:
         raise click.ClickException(str(exc)) from None
     except Exception as exc:  # Kafka admin errors: one line, not a traceback
         raise click.ClickException(f"kafka {config.kafka_bootstrap}: {exc}") from None
     # Served for a server DSN too: the same read-only queries, one place to ask.
-    api = start_api(store, config.api_host, config.api_port)
-    pipeline = Pipeline(config, store, default_registry(), make_consumer(config))
+    dead_letters = (
+        DeadLetters(config.kafka_bootstrap, config.dead_letter_topic())
+        if config.collector_dead_letter_topic
+        else None
+    )
+    pipeline = Pipeline(
+        config, store, default_registry(), make_consumer(config), dead_letters=dead_letters
+    )
+    api = start_api(store, config.api_host, config.api_port, metrics=pipeline.metrics.render)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         log.info("stopping", signal=signal.Signals(signum).name)
@@ -272,6 +275,107 @@ def dlq_list(config: CollectorConfig, limit: int, as_json: bool) -> None:
     from collector.render import dead_letters
 
     _emit(_query(config, "/dead-letters", limit=limit), as_json, dead_letters)
+
+
+@dlq.command("replay")
+@click.option("--error-type", default="", help="Only dead letters of this error type.")
+@click.option("--topic", default="", help="Only dead letters from this source topic.")
+@click.option("--limit", default=100_000, show_default=True, help="Most dead letters examined.")
+@click.option("--dry-run", is_flag=True, help="Decode and report; send nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def dlq_replay(
+    config: CollectorConfig, error_type: str, topic: str, limit: int, dry_run: bool, as_json: bool
+) -> None:
+    """After a fix (a schema added, a writer corrected): send the dead letters that
+    now decode and validate back to their source topic. Stored rows carry the
+    event identity, so a second replay stores nothing twice."""
+    from confluent_kafka import Producer
+
+    from collector.deadletters import replay
+    from collector.validate import Limits
+    from schemas import default_registry
+
+    rows = _query(config, "/dead-letters", raw=1, error_type=error_type, topic=topic, limit=limit)
+    producer = None
+    if not dry_run:
+        producer = Producer(
+            {"bootstrap.servers": config.kafka_bootstrap, "enable.idempotence": True}
+        )
+    limits = Limits(config.collector_max_string_bytes, config.collector_max_future_s)
+    try:
+        result = replay(rows, default_registry(), producer, limits)
+    except TimeoutError as exc:
+        raise click.ClickException(f"kafka {config.kafka_bootstrap}: {exc}") from None
+    data = {"examined": result.examined, "sent": result.sent, "still_bad": result.still_bad,
+            "dry_run": dry_run}  # fmt: skip
+    verb = "would send" if dry_run else "sent"
+    _emit(
+        data,
+        as_json,
+        lambda d: (
+            f"examined {d['examined']}, {verb} {d['sent']} to their topics; still bad: "
+            + (", ".join(f"{k} {v}" for k, v in d["still_bad"].items()) or "none")
+        ),
+    )
+
+
+@cli.group("kafka")
+def kafka_group() -> None:
+    """Kafka topics of this deployment."""
+
+
+@kafka_group.command("init")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def kafka_init(config: CollectorConfig, as_json: bool) -> None:
+    """Create the topics ([kafka] partitions, replication, retention_hours) and set
+    the retention of existing ones; idempotent. Partition counts are never changed."""
+    from collector.topics import provision
+
+    try:
+        report = provision(config)
+    except Exception as exc:  # Kafka admin errors: one line, not a traceback
+        raise click.ClickException(f"kafka {config.kafka_bootstrap}: {exc}") from None
+    data = {"created": report.created, "existing": report.existing,
+            "retention_set": report.retention_set}  # fmt: skip
+    _emit(
+        data,
+        as_json,
+        lambda d: "\n".join(
+            [f"created   {t}" for t in d["created"]]
+            + [f"exists    {t} ({n} partitions)" for t, n in d["existing"].items()]
+            + [f"retention {t} set" for t in d["retention_set"]]
+        ),
+    )
+
+
+@cli.group("schemas")
+def schemas_group() -> None:
+    """The Avro schema registry (schemas/avro)."""
+
+
+@schemas_group.command("check")
+@click.option(
+    "--dir",
+    "root",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="A schemas/avro directory to check instead of the installed one.",
+)
+@click.pass_obj
+def schemas_check(_config: CollectorConfig, root: Path | None) -> None:
+    """Fail unless every historical version of every type resolves into its current one."""
+    from schemas import Registry, default_registry
+    from schemas.compat import check_registry
+
+    registry = Registry.load(root) if root is not None else default_registry()
+    problems = check_registry(registry)
+    versions = sum(len(v) for v in registry.versions.values())
+    if problems:
+        for problem in problems:
+            click.echo(f"incompatible: {problem}", err=True)
+        raise click.ClickException(f"{len(problems)} incompatible change(s)")
+    click.echo(f"ok: {len(registry.versions)} types, {versions} versions, all resolvable")
 
 
 def main() -> None:

@@ -23,6 +23,12 @@ class CollectorConfig:
     )
     kafka_partitions: int = setting(3, "Partitions for topics the collector has to create.")
     kafka_replication: int = setting(1, "Replication factor for topics the collector creates.")
+    kafka_retention_hours: int = setting(
+        168, "Retention of the data topics (replay window after a store loss), in hours."
+    )
+    kafka_dead_letter_retention_hours: int = setting(
+        720, "Retention of the dead-letter topic, in hours (time to fix and replay)."
+    )
     clickhouse_dsn: str = setting(
         "chdb://.traintrail/store",
         "chdb://PATH (embedded engine) or http(s)://user:pass@host:port/db (server).",
@@ -40,6 +46,18 @@ class CollectorConfig:
     collector_batch_max_seconds: float = setting(
         0.5, "Longest wait to fill a batch; bounds ingest latency."
     )
+    collector_retry_max_s: float = setting(
+        30.0, "Longest wait between insert retries while the store is down (backoff cap)."
+    )
+    collector_max_string_bytes: int = setting(
+        65_536, "Longer strings make an event a dead letter (protects every table and query)."
+    )
+    collector_max_future_s: float = setting(
+        86_400.0, "Event times further in the future than this make an event a dead letter."
+    )
+    collector_dead_letter_topic: bool = setting(
+        True, "Also publish dead letters (raw bytes, reason headers) to <prefix>.dead-letters."
+    )
     api_host: str = setting("127.0.0.1", "Read-only query API address (every collector serves it).")
     api_port: int = setting(8787, "Read-only query API port; 0 picks a free one.")
     api_url: str = setting(
@@ -50,6 +68,9 @@ class CollectorConfig:
 
     def topics(self) -> list[str]:
         return [f"{self.kafka_topic_prefix}.{s}" for s in TOPIC_SUFFIXES]
+
+    def dead_letter_topic(self) -> str:
+        return f"{self.kafka_topic_prefix}.dead-letters"
 
     def query_api_url(self) -> str:
         return self.api_url or f"http://{self.api_host}:{self.api_port}"

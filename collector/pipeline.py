@@ -1,33 +1,54 @@
-"""consume → decode → route → insert → commit, one batch at a time.
+"""consume → decode → validate → route → insert → commit, one batch at a time.
 
-Offsets are committed only after every table of the batch is stored, so a
-crash anywhere before the commit redelivers the batch; the tables'
-ReplacingMergeTree keys (event identity) and FINAL in every query make the
-second copy invisible. Bad messages never stop the loop: they become
-dead-letter rows in the same batch, stored before the commit like any other.
+Exactly-once as queries see it. Two mechanisms, both needed:
+
+1. Offsets are committed only after every table of the batch is stored, as
+   explicit offsets (last + 1 per partition), and only for partitions this
+   process still owns. A crash anywhere before the commit (before the insert,
+   between insert and commit, during the commit) redelivers the batch.
+2. Every table is a ReplacingMergeTree whose sorting key is the event's
+   identity (event_id; plus idx, the point's index, for metrics) and every
+   query reads it with FINAL. A redelivered batch, possibly cut differently
+   and possibly stored by another collector after a rebalance, writes rows
+   with the same keys: they replace each other, so a query sees each event
+   once. (An insert deduplication token would not do: after a crash the
+   redelivered batch need not have the same boundaries.)
+
+The store down: the assigned partitions are paused and the consumer keeps
+polling (it stays in the group and serves rebalances) while the insert is
+retried with capped exponential backoff; nothing is committed until it is
+stored; then consumption resumes. Kafka down: librdkafka reconnects by
+itself; the loop logs it (once per outage) and keeps going. Bad messages
+never stop the loop: they become dead-letter rows (and messages on the
+dead-letter topic) stored before the commit like any other row.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from collector.config import CollectorConfig
+from collector.deadletters import DeadLetters
 from collector.errors import StoreError
+from collector.metrics import CollectorMetrics
 from collector.router import Batch, InvalidEventError, route
 from collector.store import Store
+from collector.validate import Limits, validate
 from schemas import Registry, SchemaError, decode
 
 __all__ = ["BatchResult", "Pipeline", "make_consumer"]
 
 log = structlog.get_logger("traintrail.collector")
 
-_RETRY_FIRST, _RETRY_CAP = 0.5, 15.0
+_RETRY_FIRST = 0.5
+_LAG_EVERY_S = 5.0
 
 
 def make_consumer(config: CollectorConfig, **extra: Any) -> Consumer:
@@ -40,6 +61,9 @@ def make_consumer(config: CollectorConfig, **extra: Any) -> Consumer:
         "partition.assignment.strategy": "cooperative-sticky",
         # Only messages of committed transactions and idempotent producers.
         "isolation.level": "read_committed",
+        # Large batches: fetch a lot per request (points are packed per message).
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "max.partition.fetch.bytes": 16 * 1024 * 1024,
     }
     settings.update(extra)
     return Consumer(settings)
@@ -62,16 +86,36 @@ class Pipeline:
     # Test hook: called after the inserts and before the commit of each batch.
     after_insert: Callable[[BatchResult], None] | None = None
     totals: BatchResult = field(default_factory=BatchResult)
+    metrics: CollectorMetrics = field(default_factory=CollectorMetrics)
+    dead_letters: DeadLetters | None = None
+    _kafka_down: bool = False
+    _lag_at: float = 0.0
+    _lag_labels: set[tuple[str, str]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.limits = Limits(
+            self.config.collector_max_string_bytes, self.config.collector_max_future_s
+        )
 
     def run(self) -> None:
-        self.consumer.subscribe(self.config.topics())
+        self.subscribe()
         log.info("collector consuming", topics=self.config.topics())
         try:
             while not self.stop_event.is_set():
                 self.step()
         finally:
             self.consumer.close()
+            if self.dead_letters is not None:
+                self.dead_letters.close()
             log.info("collector stopped", **_summary(self.totals))
+
+    def subscribe(self) -> None:
+        self.consumer.subscribe(
+            self.config.topics(),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
 
     def stop(self) -> None:
         """Finish the batch in hand, commit it, then leave the loop."""
@@ -82,82 +126,219 @@ class Pipeline:
             num_messages=self.config.collector_batch_max_messages,
             timeout=self.config.collector_batch_max_seconds,
         )
+        self._lag()
         if not messages:
             return BatchResult()
-        batch, result = self._decode(messages)
+        batch, result, offsets = self._decode(messages)
+        if not result.messages:
+            return result
+        started = time.monotonic()
         if not self._insert(batch):
             return result  # stopping while the store is down: commit nothing
+        self.metrics.insert_seconds.observe(time.monotonic() - started)
         if self.after_insert is not None:
             self.after_insert(result)
-        if result.messages:
-            try:
-                self.consumer.commit(asynchronous=False)
-            except KafkaException as exc:
-                # Stored but not committed (e.g. the partitions moved in a
-                # rebalance): the batch comes again and FINAL hides the copy.
-                log.warning("commit failed; batch will be redelivered", error=str(exc))
+        self._commit(offsets)
         self._count(result)
         return result
 
-    def _decode(self, messages: list[Message]) -> tuple[Batch, BatchResult]:
+    # -- decode ---------------------------------------------------------------------------
+
+    def _decode(
+        self, messages: list[Message]
+    ) -> tuple[Batch, BatchResult, dict[tuple[str, int], int]]:
         batch = Batch()
         result = BatchResult()
+        offsets: dict[tuple[str, int], int] = {}
         for message in messages:
             error = message.error()
             if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("kafka consume error", error=str(error))
+                self._consume_error(error)
                 continue
+            if self._kafka_down:
+                self._kafka_down = False
+                log.info("kafka reachable again")
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            assert topic is not None and partition is not None and offset is not None
+            offsets[(topic, partition)] = offset + 1
             result.messages += 1
+            self.metrics.messages.labels(topic).inc()
             value = message.value() or b""
             try:
-                route(batch, decode(self.registry, value))
+                decoded = decode(self.registry, value)
+                validate(decoded, self.limits)
+                route(batch, decoded)
             except (SchemaError, InvalidEventError) as exc:
-                _dead_letter(batch, message, value, exc)
+                self._dead_letter(batch, message, value, exc)
                 result.dead_letters += 1
-                log.warning(
-                    "dead letter",
-                    topic=message.topic(),
-                    partition=message.partition(),
-                    offset=message.offset(),
-                    reason=str(exc),
-                )
-        result.rows = {name: batch.rows(name) for name in batch.columns}
-        return batch, result
+        result.rows = {name: batch.rows(name) for name in batch.names()}
+        self.metrics.batch_messages.observe(result.messages)
+        self.metrics.batch_rows.observe(sum(result.rows.values()))
+        return batch, result, offsets
+
+    def _dead_letter(self, batch: Batch, message: Message, value: bytes, exc: Exception) -> None:
+        cols = batch.table("dead_letters")
+        cols["topic"].append(message.topic())
+        cols["partition"].append(message.partition())
+        cols["offset"].append(message.offset())
+        key = message.key() or b""
+        cols["key"].append(key.decode("utf-8", "replace"))
+        cols["raw"].append(value)
+        cols["reason"].append(str(exc))
+        cols["error_type"].append(type(exc).__name__)
+        self.metrics.dead_letters.labels(type(exc).__name__).inc()
+        if self.dead_letters is not None:
+            self.dead_letters.publish(message, value, exc)
+        log.warning(
+            "dead letter",
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+            reason=str(exc),
+        )
+
+    def _consume_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            if not self._kafka_down:
+                self._kafka_down = True
+                log.error("kafka unreachable; librdkafka keeps reconnecting", error=str(error))
+            return
+        log.warning("kafka consume error", error=str(error))
+
+    # -- insert ---------------------------------------------------------------------------
 
     def _insert(self, batch: Batch) -> bool:
-        """Store every table of the batch; retry with capped backoff while the
-        store refuses. A table stored before a later one failed is stored
+        """Store every table of the batch. While the store refuses: pause the
+        partitions, keep polling (group membership, rebalances), retry with
+        capped backoff. A table stored before a later one failed is stored
         again on retry: its rows carry their identity, so FINAL hides the copy."""
         delay = _RETRY_FIRST
-        while True:
+        tables = batch.arrow()
+        if self.dead_letters is not None and not self.dead_letters.flush():
+            # the topic copy is best effort; the table row (stored below) is the record
+            log.warning("dead letters not confirmed on their topic; the table keeps them")
+        paused = False
+        try:
+            while True:
+                try:
+                    for table, data in tables.items():
+                        self.store.insert_arrow(table, data)
+                    self.metrics.store_up.set(1)
+                    return True
+                except StoreError as exc:
+                    self.metrics.store_up.set(0)
+                    self.metrics.insert_retries.inc()
+                    log.error("insert failed, will retry", error=str(exc), retry_in_s=delay)
+                    if not paused:
+                        self._pause()
+                        paused = True
+                    if self._wait(delay):
+                        return False
+                    delay = min(delay * 2, self.config.collector_retry_max_s)
+        finally:
+            if paused:
+                self._resume()
+
+    def _pause(self) -> None:
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.pause(assignment)
+        self.metrics.paused.set(1)
+        log.warning("store unavailable: consumption paused", partitions=len(assignment))
+
+    def _resume(self) -> None:
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.resume(assignment)
+        self.metrics.paused.set(0)
+        log.info("store available: consumption resumed")
+
+    def _wait(self, seconds: float) -> bool:
+        """Poll the paused consumer for `seconds` (heartbeats are librdkafka's;
+        max.poll.interval and rebalance callbacks need these calls). True: stopping."""
+        end = time.monotonic() + seconds
+        while not self.stop_event.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            message = self.consumer.poll(min(left, 0.5))
+            if message is not None and message.error() is None:
+                # A partition assigned during the pause delivered: put it back and pause it.
+                topic, partition, offset = message.topic(), message.partition(), message.offset()
+                assert topic is not None and partition is not None and offset is not None
+                tp = TopicPartition(topic, partition, offset)
+                self.consumer.seek(tp)
+                self.consumer.pause([tp])
+        return True
+
+    # -- commit and rebalance ---------------------------------------------------------------
+
+    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit what is stored, for the partitions still ours. A partition revoked
+        while the store was down belongs to another consumer now, which reads it
+        from the last commit again: its copy of these rows replaces ours (FINAL)."""
+        owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        mine = [
+            TopicPartition(topic, partition, offset)
+            for (topic, partition), offset in offsets.items()
+            if (topic, partition) in owned
+        ]
+        if not mine:
+            return
+        try:
+            self.consumer.commit(offsets=mine, asynchronous=False)
+        except KafkaException as exc:
+            self.metrics.commit_failures.inc()
+            log.warning("commit failed; batch will be redelivered", error=str(exc))
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("partitions assigned", partitions=_names(partitions))
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Every batch is committed before the next consume, so nothing is held for
+        # these partitions, except inside _insert while the store is down: that
+        # batch is stored on recovery and committed only for partitions still ours.
+        for tp in partitions:
+            labels = (tp.topic, str(tp.partition))
+            if labels in self._lag_labels:
+                self._lag_labels.discard(labels)
+                self.metrics.lag.remove(*labels)
+        log.info("partitions revoked", partitions=_names(partitions))
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def _lag(self) -> None:
+        now = time.monotonic()
+        if now - self._lag_at < _LAG_EVERY_S:
+            return
+        self._lag_at = now
+        try:
+            assignment = self.consumer.assignment()
+            positions = self.consumer.position(assignment) if assignment else []
+        except KafkaException:
+            return
+        for tp in positions:
             try:
-                for table, data in batch.arrow().items():
-                    self.store.insert_arrow(table, data)
-                return True
-            except StoreError as exc:
-                log.error("insert failed, will retry", error=str(exc), retry_in_s=delay)
-                if self.stop_event.wait(delay):
-                    return False
-                delay = min(delay * 2, _RETRY_CAP)
+                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high < 0 or tp.offset < 0:
+                continue
+            self._lag_labels.add((tp.topic, str(tp.partition)))
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(high - tp.offset)
 
     def _count(self, result: BatchResult) -> None:
         self.totals.messages += result.messages
         self.totals.dead_letters += result.dead_letters
         for name, n in result.rows.items():
             self.totals.rows[name] = self.totals.rows.get(name, 0) + n
+            self.metrics.rows.labels(name).inc(n)
 
 
-def _dead_letter(batch: Batch, message: Message, value: bytes, exc: Exception) -> None:
-    cols = batch.table("dead_letters")
-    cols["topic"].append(message.topic())
-    cols["partition"].append(message.partition())
-    cols["offset"].append(message.offset())
-    key = message.key() or b""
-    cols["key"].append(key.decode("utf-8", "replace"))
-    cols["raw"].append(value)
-    cols["reason"].append(str(exc))
-    cols["error_type"].append(type(exc).__name__)
+def _names(partitions: list[TopicPartition]) -> list[str]:
+    return [f"{tp.topic}[{tp.partition}]" for tp in partitions]
 
 
 def _summary(result: BatchResult) -> dict[str, Any]:

@@ -55,8 +55,9 @@ ORDER BY rank, event_time
 
 
 def show_run(store: Store, run_id: str) -> dict[str, Any] | None:
-    """A run's context (its rank-0 owner's), lifecycle, datasets, checkpoints, metric
-    summary, and `ranks`: the other ranks of a distributed run, each its host and pid."""
+    """A run's context (its rank-0 owner's), lifecycle, datasets, checkpoints,
+    evaluations, declared events, metric summary, and `ranks`: the other ranks of a
+    distributed run, each its host and pid."""
     params = {"run_id": run_id}
     runs = store.query(
         "SELECT * FROM runs FINAL WHERE run_id = {run_id:String} AND NOT attached "
@@ -81,11 +82,23 @@ def show_run(store: Store, run_id: str) -> dict[str, Any] | None:
         "FROM checkpoints FINAL WHERE run_id = {run_id:String} ORDER BY event_time",
         params,
     )
+    evaluations = store.query(
+        "SELECT name, dataset, step, metrics, event_time AS logged "
+        "FROM evaluations FINAL WHERE run_id = {run_id:String} ORDER BY event_time",
+        params,
+    )
+    events = store.query(
+        "SELECT kind, step, attrs, event_time AS logged "
+        "FROM run_events FINAL WHERE run_id = {run_id:String} ORDER BY event_time",
+        params,
+    )
     run = runs[0]
     run["status"] = finished[0]["status"] if finished else "running"
     run["finished"] = finished[0] if finished else None
     run["datasets"] = datasets
     run["checkpoints"] = checkpoints
+    run["evaluations"] = evaluations
+    run["events"] = events
     run["ranks"] = store.query(_RANKS, params)
     run["metrics"] = metric_summary(store, run_id)
     result = jsonable(run)
@@ -146,6 +159,22 @@ def dead_letters(store: Store, limit: int = 100) -> list[dict[str, Any]]:
             "FROM dead_letters FINAL ORDER BY received_at DESC, topic, partition, offset "
             "LIMIT {limit:UInt32}",
             {"limit": limit},
+        )
+    )
+
+
+def dead_letters_raw(
+    store: Store, limit: int = 100_000, error_type: str = "", topic: str = ""
+) -> list[dict[str, Any]]:
+    """Dead letters with their raw bytes (base64), oldest first, for replay."""
+    return _rows(
+        store.query(
+            "SELECT topic, partition, offset, key, error_type, base64Encode(raw) AS raw_b64 "
+            "FROM dead_letters FINAL "
+            "WHERE ({et:String} = '' OR error_type = {et:String}) "
+            "AND ({t:String} = '' OR topic = {t:String}) "
+            "ORDER BY received_at, topic, partition, offset LIMIT {limit:UInt32}",
+            {"et": error_type, "t": topic, "limit": limit},
         )
     )
 

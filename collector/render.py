@@ -89,6 +89,18 @@ def run_details(run: dict[str, Any]) -> str:
         "metrics",
         _indent(metric_summary(run["metrics"])),
     ]
+    if run.get("evaluations"):
+        evals = [
+            {**e, "metrics": ", ".join(f"{k}={_cell(v)}" for k, v in sorted(e["metrics"].items()))}
+            for e in run["evaluations"]
+        ]
+        lines += ["", "evaluations", _indent(_table(evals, ["name", "dataset", "step", "metrics"]))]
+    if run.get("events"):
+        events = [
+            {**e, "attrs": ", ".join(f"{k}={v}" for k, v in sorted(e["attrs"].items()))}
+            for e in run["events"]
+        ]
+        lines += ["", "events", _indent(_table(events, ["logged", "kind", "step", "attrs"]))]
     return "\n".join(lines)
 
 

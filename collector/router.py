@@ -12,12 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
 from collector.tables import TABLES
 from schemas import Decoded
 
-__all__ = ["ROUTES", "Batch", "InvalidEventError", "route"]
+__all__ = ["ROUTES", "Batch", "InvalidEventError", "metric_columns", "route"]
 
 
 class InvalidEventError(ValueError):
@@ -32,6 +34,8 @@ class Batch:
     """Rows for every table, as Python lists per column, until inserted."""
 
     columns: dict[str, Columns] = field(default_factory=dict)
+    # Rows built as Arrow already (Metrics points): no per-row Python on the hot path.
+    parts: dict[str, list[pa.Table]] = field(default_factory=dict)
 
     def table(self, name: str) -> Columns:
         cols = self.columns.get(name)
@@ -40,19 +44,30 @@ class Batch:
             self.columns[name] = cols
         return cols
 
+    def add(self, name: str, table: pa.Table) -> None:
+        self.parts.setdefault(name, []).append(table)
+
+    def names(self) -> list[str]:
+        return list(dict.fromkeys([*self.columns, *self.parts]))
+
     def rows(self, name: str) -> int:
         cols = self.columns.get(name)
-        return len(next(iter(cols.values()))) if cols else 0
+        listed = len(next(iter(cols.values()))) if cols else 0
+        return listed + sum(int(t.num_rows) for t in self.parts.get(name, ()))
 
     def arrow(self) -> dict[str, pa.Table]:
-        return {
-            name: pa.table(cols, schema=TABLES[name])
-            for name, cols in self.columns.items()
-            if self.rows(name)
-        }
+        out: dict[str, pa.Table] = {}
+        for name in self.names():
+            cols = self.columns.get(name)
+            tables = list(self.parts.get(name, ()))
+            if cols and len(next(iter(cols.values()))):
+                tables.insert(0, pa.table(cols, schema=TABLES[name]))
+            if tables:
+                out[name] = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        return out
 
     def __len__(self) -> int:
-        return sum(self.rows(name) for name in self.columns)
+        return sum(self.rows(name) for name in self.names())
 
 
 def _identity(cols: Columns, decoded: Decoded, times: int = 1) -> None:
@@ -110,26 +125,86 @@ def _run_started(batch: Batch, d: Decoded) -> None:
     _identity(cols, d)
 
 
+_IDENTITY_TYPES = {
+    f.name: f.type
+    for f in TABLES["metrics"]
+    if f.name in {"event_id", "event_time", "node", "stream", "seq", "prev_hash", "schema_fp"}
+}
+_POINT_COLUMNS = (("step_le", "<i8", 8), ("time_us_le", "<i8", 8), ("name_idx_le", "<i4", 4))
+_IDX = np.arange(0, dtype=np.uint32)
+
+
+def _point_index(n: int) -> pa.Array:
+    """0..n-1 as UInt32, sliced from one shared buffer (zero-copy)."""
+    global _IDX
+    if len(_IDX) < n:
+        _IDX = np.arange(max(n, 16_384), dtype=np.uint32)
+    return pa.array(_IDX[:n])
+
+
+def metric_columns(r: dict[str, Any]) -> tuple[npt.NDArray[Any], ...]:
+    """(step, time_us, name_idx, value) as numpy arrays, from either wire form.
+
+    Version 2 packs each column little-endian in a bytes field: the arrays are
+    views of the message's bytes, no loop per point. Version 1 messages (read
+    through schema resolution, their packed fields empty) carry Avro arrays."""
+    if r["step"] or r["time_us"] or r["name_idx"] or r["value"]:
+        if any(r[name] for name, _, _ in _POINT_COLUMNS) or r["value_le"]:
+            raise InvalidEventError("Metrics: points both as arrays and packed")
+        return (
+            np.asarray(r["step"], dtype=np.int64),
+            np.asarray(r["time_us"], dtype=np.int64),
+            np.asarray(r["name_idx"], dtype=np.int64),
+            np.asarray(r["value"], dtype=np.float64),
+        )
+    cols = []
+    for name, dtype, width in (*_POINT_COLUMNS, ("value_le", "<f8", 8)):
+        raw = r[name]
+        if len(raw) % width:
+            raise InvalidEventError(
+                f"Metrics: {name} is {len(raw)} bytes, not a multiple of {width}"
+            )
+        packed = np.frombuffer(raw, dtype=dtype)
+        cols.append(packed.astype(packed.dtype.newbyteorder("="), copy=False))
+    return tuple(cols)
+
+
 def _metrics(batch: Batch, d: Decoded) -> None:
     r = d.record
-    names, idx = r["names"], r["name_idx"]
+    names = r["names"]
+    step, time_us, idx, value = metric_columns(r)
     n = len(idx)
-    if not (len(r["step"]) == len(r["time_us"]) == len(r["value"]) == n):
+    if not (len(step) == len(time_us) == len(value) == n):
         raise InvalidEventError("Metrics: step, time_us, name_idx and value differ in length")
-    try:
-        point_names = [names[i] for i in idx]
-    except IndexError:
-        raise InvalidEventError(f"Metrics: name_idx outside names (0..{len(names) - 1})") from None
-    if min(idx, default=0) < 0:
+    if n == 0:
+        return
+    if int(idx.min()) < 0:
         raise InvalidEventError("Metrics: negative name_idx")
-    cols = batch.table("metrics")
-    cols["run_id"].extend([r["run_id"]] * n)
-    cols["name"].extend(point_names)
-    cols["step"].extend(r["step"])
-    cols["time"].extend(r["time_us"])
-    cols["value"].extend(r["value"])
-    cols["idx"].extend(range(n))
-    _identity(cols, d, n)
+    if int(idx.max()) >= len(names):
+        raise InvalidEventError(f"Metrics: name_idx outside names (0..{len(names) - 1})")
+    env = d.record["envelope"]
+    identity = {
+        "event_id": str(env["event_id"]),
+        "event_time": env["time_us"],
+        "node": env["node"],
+        "stream": env["stream"],
+        "seq": env["seq"],
+        "prev_hash": env["prev_hash"].hex(),
+        "schema_fp": d.writer.fingerprint.hex(),
+    }
+    columns = {
+        "run_id": pa.repeat(pa.scalar(r["run_id"], pa.string()), n),
+        "name": pa.array(names, pa.string()).take(pa.array(idx.astype(np.int32, copy=False))),
+        "step": pa.array(step),
+        "time": pa.array(time_us).view(pa.timestamp("us", tz="UTC")),
+        "value": pa.array(value),
+        "idx": _point_index(n),
+        **{
+            key: pa.repeat(pa.scalar(value, _IDENTITY_TYPES[key]), n)
+            for key, value in identity.items()
+        },
+    }
+    batch.add("metrics", pa.table(columns, schema=TABLES["metrics"]))
 
 
 def _checkpoint(batch: Batch, d: Decoded) -> None:
@@ -143,6 +218,20 @@ def _dataset(batch: Batch, d: Decoded) -> None:
     cols = batch.table("datasets")
     fields = ("run_id", "name", "version", "uri", "content_hash", "license", "preprocessing")
     _copy(cols, d.record, (*fields, "path"))
+    _identity(cols, d)
+
+
+def _evaluation(batch: Batch, d: Decoded) -> None:
+    cols = batch.table("evaluations")
+    _copy(cols, d.record, ("run_id", "name", "dataset", "step"))
+    cols["metrics"].append(list(d.record["metrics"].items()))
+    _identity(cols, d)
+
+
+def _run_event(batch: Batch, d: Decoded) -> None:
+    cols = batch.table("run_events")
+    _copy(cols, d.record, ("run_id", "kind", "step"))
+    cols["attrs"].append(list(d.record["attrs"].items()))
     _identity(cols, d)
 
 
@@ -226,6 +315,8 @@ ROUTES: dict[str, Callable[[Batch, Decoded], None]] = {
     "CheckpointSaved": _checkpoint,
     "DatasetUsed": _dataset,
     "RunFinished": _run_finished,
+    "EvalLogged": _evaluation,
+    "RunEvent": _run_event,
     "GpuSample": _gpu,
     "GpuEvent": _gpu_event,
     "HostSample": _host,
@@ -235,9 +326,60 @@ ROUTES: dict[str, Callable[[Batch, Decoded], None]] = {
 
 
 def route(batch: Batch, decoded: Decoded) -> None:
-    """Append the rows of one event; a half-appended event would corrupt the
-    batch's columns, so content errors are found before any append."""
+    """Append the rows of one event, or none of them.
+
+    Avro's int and long are signed; the tables use unsigned and narrower types
+    where the meaning allows (a pid, a percentage). A value outside its
+    column's range would fail the whole batch's Arrow conversion, one bad
+    event stopping the collector, so the new rows are range-checked here and
+    an event that does not fit is taken back out and refused."""
     handler = ROUTES.get(decoded.name)
     if handler is None:
         raise InvalidEventError(f"{decoded.name}: not a storable event type")
-    handler(batch, decoded)
+    before = {name: _length(cols) for name, cols in batch.columns.items()}
+    parts = {name: len(tables) for name, tables in batch.parts.items()}
+    try:
+        handler(batch, decoded)
+        for name, cols in batch.columns.items():
+            start = before.get(name, 0)
+            if _length(cols) > start:
+                _check_ranges(decoded.name, name, cols, start)
+    except (
+        InvalidEventError, KeyError, TypeError, ValueError, IndexError, OverflowError,
+        pa.ArrowException,
+    ) as exc:  # fmt: skip
+        for name, cols in batch.columns.items():
+            keep = before.get(name, 0)
+            for values in cols.values():
+                del values[keep:]
+        for name, tables in batch.parts.items():
+            del tables[parts.get(name, 0) :]
+        if isinstance(exc, InvalidEventError):
+            raise
+        raise InvalidEventError(f"{decoded.name}: cannot be stored: {exc}") from exc
+
+
+def _length(cols: Columns) -> int:
+    return len(next(iter(cols.values()))) if cols else 0
+
+
+def _bounds(kind: pa.DataType) -> tuple[int, int] | None:
+    if pa.types.is_unsigned_integer(kind):
+        return 0, 2**kind.bit_width - 1
+    if pa.types.is_signed_integer(kind):
+        return -(2 ** (kind.bit_width - 1)), 2 ** (kind.bit_width - 1) - 1
+    return None
+
+
+def _check_ranges(event: str, table: str, cols: Columns, start: int) -> None:
+    for f in TABLES[table]:
+        kind = f.type
+        listed = pa.types.is_list(kind)
+        bounds = _bounds(kind.value_type if listed else kind)
+        if bounds is None:
+            continue
+        low, high = bounds
+        for value in cols[f.name][start:]:
+            for v in (value or ()) if listed else (value,):
+                if v is not None and not low <= v <= high:
+                    raise InvalidEventError(f"{event}: {f.name} = {v} outside {low}..{high}")

@@ -80,6 +80,19 @@ TABLES: dict[str, pa.Schema] = {
         ("summary", _F64_MAP),
         ("error", pa.string()),
     ),
+    "evaluations": _schema(
+        ("run_id", pa.string()),
+        ("name", pa.string()),
+        ("dataset", pa.string()),
+        ("step", pa.int64()),
+        ("metrics", _F64_MAP),
+    ),
+    "run_events": _schema(
+        ("run_id", pa.string()),
+        ("kind", pa.string()),
+        ("step", pa.int64()),
+        ("attrs", _STR_MAP),
+    ),
     "metrics": _schema(
         ("run_id", pa.string()),
         ("name", pa.string()),

@@ -63,6 +63,7 @@ class Registry:
         # The hex string of CRC-64-AVRO is already the little-endian byte order
         # single-object encoding puts after C3 01.
         fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
+        _bytes_defaults(parsed)  # after the fingerprint: defaults are not in the canonical form
         entry = SchemaVersion(name, version, fp, parsed, path)
         self.versions.setdefault(name, []).append(entry)
         self.versions[name].sort(key=lambda v: v.version)
@@ -89,3 +90,24 @@ class Registry:
 def default_registry() -> Registry:
     """The registry of the installed `schemas/avro/`, loaded once per process."""
     return Registry.load()
+
+
+def _bytes_defaults(schema: Any) -> None:
+    """Turn the JSON-text defaults of bytes fields into bytes, in place.
+
+    The spec writes a bytes default as a string of code points 0-255;
+    fastavro hands it over as that str, which it then cannot write (a record
+    missing the field) and gives readers as str (a field a newer schema added).
+    """
+    if isinstance(schema, list):
+        for branch in schema:
+            _bytes_defaults(branch)
+        return
+    if not isinstance(schema, dict):
+        return
+    for spec in schema.get("fields", ()):
+        if spec.get("type") == "bytes" and isinstance(spec.get("default"), str):
+            spec["default"] = spec["default"].encode("latin-1")
+        _bytes_defaults(spec.get("type"))
+    for key in ("items", "values"):
+        _bytes_defaults(schema.get(key))

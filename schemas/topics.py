@@ -15,6 +15,8 @@ TOPIC_OF: dict[str, str] = {
     "CheckpointSaved": "training",
     "DatasetUsed": "training",
     "RunFinished": "training",
+    "EvalLogged": "training",
+    "RunEvent": "training",
     "GpuSample": "hardware",
     "GpuEvent": "hardware",
     "HostSample": "hardware",
@@ -24,7 +26,16 @@ TOPIC_OF: dict[str, str] = {
 TOPIC_SUFFIXES = ("training", "hardware", "access", "alerts")
 # What a training process may send through the agent's socket.
 SDK_TYPES = frozenset(
-    {"RunStarted", "Metrics", "CheckpointSaved", "DatasetUsed", "RunFinished", "AccessEvent"}
+    {
+        "RunStarted",
+        "Metrics",
+        "CheckpointSaved",
+        "DatasetUsed",
+        "EvalLogged",
+        "RunEvent",
+        "RunFinished",
+        "AccessEvent",
+    }
 )
 
 

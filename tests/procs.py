@@ -6,6 +6,7 @@ session's broker; readiness is polled with a deadline, never slept on.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -151,11 +152,19 @@ def stack_env(home: Path, bootstrap: str, prefix: str) -> dict[str, str]:
     }
 
 
+def _base64(value: object) -> str:
+    """Bytes (packed Metrics columns) travel as base64 text, as the SDK sends them."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def send_batch(path: Path, events: list[dict[str, Any]]) -> dict[str, Any]:
     """One request on the agent's SDK socket, as the SDK sends it; the reply."""
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(str(path))
-        s.sendall(json.dumps({"v": 1, "events": events}).encode() + b"\n")
+        line = json.dumps({"v": 1, "events": events}, default=_base64)
+        s.sendall(line.encode() + b"\n")
         reply = json.loads(s.makefile().readline())
     assert isinstance(reply, dict)
     return reply

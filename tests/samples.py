@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import struct
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
-__all__ = ["body", "envelope", "record"]
+from schemas import Registry
+from schemas.registry import AVRO_DIR
+
+__all__ = [
+    "body",
+    "envelope",
+    "metrics_v1_record",
+    "packed_points",
+    "record",
+    "registry_with_field",
+    "registry_without",
+]
 
 
 def envelope(stream: str = "run/r1", seq: int = 0, prev: bytes = b"") -> dict[str, Any]:
@@ -67,10 +82,25 @@ def body(kind: str, run_id: str = "r1") -> dict[str, Any]:
         "Metrics": {
             "run_id": run_id,
             "names": ["loss", "acc"],
-            "step": [0, 0, 1, 1],
-            "time_us": [now, now, now + 1, now + 1],
-            "name_idx": [0, 1, 0, 1],
-            "value": [2.5, 0.1, float("nan"), float("inf")],
+            **packed_points(
+                step=[0, 0, 1, 1],
+                time_us=[now, now, now + 1, now + 1],
+                name_idx=[0, 1, 0, 1],
+                value=[2.5, 0.1, float("nan"), float("inf")],
+            ),
+        },
+        "EvalLogged": {
+            "run_id": run_id,
+            "name": "test",
+            "dataset": "digits-test",
+            "step": 10,
+            "metrics": {"accuracy": 0.97, "loss": float("nan")},
+        },
+        "RunEvent": {
+            "run_id": run_id,
+            "kind": "approved_by",
+            "step": None,
+            "attrs": {"user": "alice", "ticket": "RISK-12"},
         },
         "CheckpointSaved": {
             "run_id": run_id,
@@ -194,5 +224,57 @@ def body(kind: str, run_id: str = "r1") -> dict[str, Any]:
     return bodies[kind]
 
 
+def packed_points(
+    step: list[int], time_us: list[int], name_idx: list[int], value: list[float]
+) -> dict[str, Any]:
+    """Metrics v2 point columns: packed little-endian, the v1 arrays empty."""
+    n = len(step)
+    return {
+        "step": [],
+        "time_us": [],
+        "name_idx": [],
+        "value": [],
+        "step_le": struct.pack(f"<{n}q", *step),
+        "time_us_le": struct.pack(f"<{n}q", *time_us),
+        "name_idx_le": struct.pack(f"<{n}i", *name_idx),
+        "value_le": struct.pack(f"<{n}d", *value),
+    }
+
+
 def record(kind: str, run_id: str = "r1", **env: Any) -> dict[str, Any]:
     return {**body(kind, run_id), "envelope": envelope(f"run/{run_id}", **env)}
+
+
+def metrics_v1_record() -> dict[str, Any]:
+    """A Metrics record as version 1 writers sent it: points as Avro arrays."""
+    rec = record("Metrics")
+    for key in ("step_le", "time_us_le", "name_idx_le", "value_le"):
+        del rec[key]
+    now = rec["envelope"]["time_us"]
+    rec.update(
+        step=[0, 0, 1, 1],
+        time_us=[now, now, now + 1, now + 1],
+        name_idx=[0, 1, 0, 1],
+        value=[2.5, 0.1, float("nan"), float("inf")],
+    )
+    return rec
+
+
+def registry_without(tmp_path: Path, *paths: str) -> Registry:
+    """The project's schemas as they were before the given versions existed."""
+    root = tmp_path / "avro"
+    shutil.copytree(AVRO_DIR, root)
+    for path in paths:
+        (root / path).unlink()
+    return Registry.load(root)
+
+
+def registry_with_field(tmp_path: Path, kind: str, field: dict[str, Any]) -> Registry:
+    """The project's schemas plus a next version of `kind` that adds `field`."""
+    root = tmp_path / "avro"
+    shutil.copytree(AVRO_DIR, root)
+    latest = max(int(p.stem[1:]) for p in (root / kind).glob("v*.avsc"))
+    schema = json.loads((root / kind / f"v{latest}.avsc").read_text())
+    schema["fields"] = [*schema["fields"], field]
+    (root / kind / f"v{latest + 1}.avsc").write_text(json.dumps(schema))
+    return Registry.load(root)

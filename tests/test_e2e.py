@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, Producer
 
 from schemas import default_registry, encode, event_hash
 from tests.procs import AgentProc, CollectorProc, stack_env, wait_for
-from tests.samples import record
+from tests.samples import packed_points, record
 from tests.test_schemas.test_codec import decode_with_reference_avro
 
 pytestmark = pytest.mark.kafka
@@ -137,10 +137,12 @@ def _feed(bootstrap: str, topic: str, run_id: str, batches: int, points: int) ->
         if kind == "Metrics":
             rec.update(
                 names=["loss"],
-                step=list(range(seq * points, (seq + 1) * points)),
-                time_us=[rec["envelope"]["time_us"]] * points,
-                name_idx=[0] * points,
-                value=[1.0] * points,
+                **packed_points(
+                    step=list(range(seq * points, (seq + 1) * points)),
+                    time_us=[rec["envelope"]["time_us"]] * points,
+                    name_idx=[0] * points,
+                    value=[1.0] * points,
+                ),
             )
         data = encode(reg, kind, rec)
         prev = event_hash(data)

@@ -26,18 +26,18 @@ import argparse
 import dataclasses
 import enum
 import getpass
-import hashlib
 import json
 import logging
 import os
 import socket
 from collections.abc import Callable, Mapping
-from pathlib import Path, PurePath
+from pathlib import PurePath
 from typing import Any
 
 from agent.sdk import environment, redact
 from agent.sdk.code import GIT_TIMEOUT_S, git_state, script_info, strip_credentials
 from agent.sdk.environment import installed_packages, python_info
+from agent.sdk.hashing import hash_path, sha256_file, sha256_tree
 
 __all__ = [
     "GIT_TIMEOUT_S",
@@ -53,8 +53,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_CHUNK = 1024 * 1024
 
 
 # -- config -------------------------------------------------------------------------------
@@ -219,51 +217,3 @@ def snapshot(
 
 def _opt(value: str | None, fn: Callable[[str], str]) -> str | None:
     return None if value is None else fn(value)
-
-
-# -- content hashes -----------------------------------------------------------------------
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sha256_tree(root: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a directory's manifest: sorted `relpath<TAB>sha256<LF>` lines.
-
-    Paths are relative to `root` with `/` separators; symlinked directories are
-    not followed (a cycle must not hang the run), symlinked files are hashed by
-    content. Any file's content, name or presence changes the result.
-    """
-    return _tree(Path(root))[0]
-
-
-def hash_path(path: str | os.PathLike[str]) -> tuple[str, int]:
-    """(sha256, size in bytes) of a file, or of a directory (manifest hash, total size)."""
-    p = Path(path)
-    if p.is_dir():
-        return _tree(p)
-    return sha256_file(p), p.stat().st_size
-
-
-def _tree(root: Path) -> tuple[str, int]:
-    files: list[tuple[str, Path]] = []
-    for top, _dirs, names in os.walk(root, onerror=_raise):
-        for name in names:
-            full = Path(top, name)
-            files.append((full.relative_to(root).as_posix(), full))
-    manifest = hashlib.sha256()
-    size = 0
-    for rel, full in sorted(files):
-        manifest.update(f"{rel}\t{sha256_file(full)}\n".encode("utf-8", "surrogateescape"))
-        size += full.stat().st_size
-    return manifest.hexdigest(), size
-
-
-def _raise(error: OSError) -> None:
-    raise error

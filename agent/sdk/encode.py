@@ -2,6 +2,7 @@
 
 The sender thread turns what the training thread buffered into the agent's
 line protocol, `{"v":1,"events":[...]}` per line: ONE columnar Metrics event
+(schema v2: point columns packed little-endian, base64 in the line)
 per contiguous stretch of log calls (a lifecycle event such as a checkpoint
 ends a stretch, so the stream keeps the order in which things happened), at
 most MAX_POINTS_PER_EVENT points an event and a line. Converting values to
@@ -11,17 +12,23 @@ does tracking the last value of each metric for the run's summary.
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
+import sys
 import time
 import uuid
+from array import array
 from concurrent.futures import Future
 from typing import Any
 
 from agent.sdk.warn import WarnOnce
 
-__all__ = ["MAX_POINTS_PER_EVENT", "Body", "Encoder", "Entry", "Event"]
+__all__ = ["MAX_POINTS_PER_EVENT", "PACKED_FIELDS", "Body", "Encoder", "Entry", "Event"]
 
 MAX_POINTS_PER_EVENT = 10_000
+PACKED_FIELDS = ("step_le", "time_us_le", "name_idx_le", "value_le")
+_INT64 = struct.Struct("<q")
 
 Entry = tuple[int, int, dict[str, Any]]  # (step, time_ns, {name: value}) of one log call
 Body = dict[str, Any]
@@ -121,52 +128,89 @@ class Encoder:
         return [(n, text) for n, text in out if n]
 
     def _metrics_event(self, entries: list[Entry], count: int) -> tuple[int, str]:
+        """One Metrics event with its point columns packed (Metrics v2).
+
+        Per log call the work is float() of its values and a few byte-string
+        operations: a call's points share step and time (one packed int64
+        repeated), and a call with the same names as an earlier one reuses its
+        packed name_idx. The columns travel base64-encoded in the JSON line;
+        the agent puts the bytes into the Avro message as they are.
+        """
         index: dict[str, int] = {}
-        shapes: dict[tuple[str, ...], str] = {}  # the names of a call -> its name_idx text
-        finals: dict[tuple[str, ...], list[float]] = {}  # the last values per shape
-        steps: list[str] = []
-        times: list[str] = []
-        idx: list[str] = []
-        values: list[float] = []
+        shapes: dict[tuple[str, ...], bytes] = {}  # the names of a call -> its packed name_idx
+        spans: list[tuple[int, list[str]]] = []  # per call: first point, its names
+        steps: list[bytes] = []
+        times: list[bytes] = []
+        idx: list[bytes] = []
+        values: list[float] = []  # one array("d", ...) at the end: C speed
+        pack = _INT64.pack
+        prev_names: list[str] | None = None  # most calls log the names of the call before
+        prev_packed = b""
         for step, time_ns, metrics in entries:
-            names = tuple(metrics)
             try:
-                vals = list(map(float, metrics.values()))
-                text = shapes.get(names)
-                if text is None:
-                    if not all(type(k) is str and k for k in names):
-                        raise TypeError("metric names must be non-empty str")
-                    text = "".join(f"{index.setdefault(k, len(index))}," for k in names)
-                    shapes[names] = text
+                at = pack(step)
+            except struct.error:  # beyond int64: no column can hold it
+                self.dropped_points += len(metrics)
+                self._warn("step-range", "traintrail: step %r out of int64 range, dropped", step)
+                continue
+            start = len(values)
+            try:
+                values += map(float, metrics.values())
+                names = list(metrics)
+                if names == prev_names:
+                    packed = prev_packed
+                else:
+                    key = tuple(names)
+                    packed = shapes.get(key)  # type: ignore[assignment]
+                    if packed is None:
+                        if not all(type(k) is str and k for k in names):
+                            raise TypeError("metric names must be non-empty str")
+                        ids = [index.setdefault(k, len(index)) for k in names]
+                        packed = struct.pack(f"<{len(ids)}i", *ids)
+                        shapes[key] = packed
+                    prev_names, prev_packed = names, packed
             except (TypeError, ValueError, OverflowError, RuntimeError):
-                good, vals = self._slow_points(metrics, index)
-                names = tuple(good)
-                text = "".join(f"{index[k]}," for k in names)
-            n = len(vals)
+                del values[start:]
+                names, vals = self._slow_points(metrics, index)
+                values += vals
+                packed = struct.pack(f"<{len(names)}i", *(index[k] for k in names))
+                prev_names = None
+            n = len(values) - start
             if not n:
                 continue
-            steps.append(f"{step}," * n)
-            times.append(f"{time_ns // 1000}," * n)
-            idx.append(text)
-            values += vals
-            finals.pop(names, None)
-            finals[names] = vals
-        for names, vals in finals.items():  # in order of their last call: later ones win
-            self.last.update(zip(names, vals, strict=True))
+            steps.append(at * n)
+            times.append(pack(time_ns // 1000) * n)
+            idx.append(packed)
+            spans.append((start, names))
+        self._remember_last(spans, values, len(index))
         if not values:
             return 0, ""
-        numbers = ",".join(map(float.__repr__, values))
-        if "n" in numbers:  # nan, inf: JSON's NaN, Infinity, -Infinity (as json.dumps)
-            numbers = ",".join(map(_json_float, values))
+        column = array("d", values)
+        if sys.byteorder != "little":
+            column.byteswap()
         body = (
             f'{{"run_id":{self._run_id_json},"names":{_dumps(list(index))},'
-            f'"step":[{"".join(steps)[:-1]}],"time_us":[{"".join(times)[:-1]}],'
-            f'"name_idx":[{"".join(idx)[:-1]}],"value":[{numbers}]}}'
+            f'"step_le":"{_b64(b"".join(steps))}","time_us_le":"{_b64(b"".join(times))}",'
+            f'"name_idx_le":"{_b64(b"".join(idx))}","value_le":"{_b64(column.tobytes())}"}}'
         )
         head = self._envelope("Metrics", str(uuid.uuid4()), entries[0][1] // 1000, {})
         envelope = _dumps(head)
         assert envelope.endswith('"body":{}}')
         return len(values), envelope[: -len("{}}")] + body + "}"
+
+    def _remember_last(
+        self, spans: list[tuple[int, list[str]]], values: list[float], names: int
+    ) -> None:
+        """The last value of each metric (for the run summary): walk back from the
+        latest call until every name was seen, usually one call."""
+        seen: dict[str, float] = {}
+        for start, call in reversed(spans):
+            for offset, name in enumerate(call):
+                if name not in seen:
+                    seen[name] = values[start + offset]
+            if len(seen) == names:
+                break
+        self.last.update(seen)
 
     def _slow_points(
         self, metrics: dict[str, Any], index: dict[str, int]
@@ -215,5 +259,5 @@ def _line(events: list[str]) -> str:
     return '{"v":1,"events":[' + ",".join(events) + "]}"
 
 
-def _json_float(x: float) -> str:
-    return _dumps(x)
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

@@ -23,7 +23,9 @@ from typing import Any
 
 from agent.sdk import exit_hooks
 from agent.sdk.client import Client
-from agent.sdk.context import hash_path, snapshot
+from agent.sdk.context import snapshot
+from agent.sdk.hashing import hash_path
+from agent.sdk.redact import REDACTED, looks_secret_key, redact_value
 from agent.sdk.scheduler import Placement
 from agent.sdk.values import MetricValue, floats, opt_str, step_number
 
@@ -201,6 +203,54 @@ class Run:
         if not self._late("log_dataset"):
             hashed = lambda: {**body, "content_hash": _hash(full, before)[0] or None}  # noqa: E731
             self._client.add_event("DatasetUsed", hashed)
+
+    def log_eval(
+        self,
+        name: str,
+        metrics: Mapping[str, MetricValue],
+        dataset: str | None = None,
+        step: int | None = None,
+    ) -> None:
+        """Record an evaluation: `metrics` measured on `dataset` (a name given to
+        `log_dataset`, a content hash or a URI), e.g. the test-set scores a
+        release decision rests on. Stored apart from the training curve."""
+        if not isinstance(name, str) or not name:
+            raise TypeError("evaluation name must be a non-empty str")
+        values = floats("evaluation metrics", metrics)
+        body = {
+            "run_id": self.run_id,
+            "name": name,
+            "dataset": opt_str("dataset", dataset),
+            "step": None if step is None else step_number(step),
+            "metrics": values,
+        }
+        if not self._late("log_eval"):
+            self._client.add_event("EvalLogged", body)
+
+    def log_event(
+        self, kind: str, attrs: Mapping[str, object] | None = None, step: int | None = None
+    ) -> None:
+        """Record something that happened to the run, in order with its other
+        events: `kind` plus attributes kept as text (`str(value)`). Values
+        that look secret (tokens, keys, credentials in URLs) are redacted here,
+        in the process, as in the context snapshot."""
+        if not isinstance(kind, str) or not kind:
+            raise TypeError("event kind must be a non-empty str")
+        if attrs is not None and not isinstance(attrs, Mapping):
+            raise TypeError(f"attrs must be a mapping, not {type(attrs).__name__}")
+        text: dict[str, str] = {}
+        for key, value in (attrs or {}).items():
+            if not isinstance(key, str) or not key:
+                raise TypeError("attribute names must be non-empty str")
+            text[key] = REDACTED if looks_secret_key(key) else redact_value(str(value))
+        body = {
+            "run_id": self.run_id,
+            "kind": kind,
+            "step": None if step is None else step_number(step),
+            "attrs": text,
+        }
+        if not self._late("log_event"):
+            self._client.add_event("RunEvent", body)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until everything logged so far is delivered or spooled (False on timeout)."""

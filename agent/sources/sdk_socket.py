@@ -2,6 +2,7 @@
 
 Line protocol, one JSON object per line each way:
   SDK → agent  {"v": 1, "events": [{"type", "event_id", "time_us", "stream", "key", "body"}, ...]}
+               (a Metrics body's packed point columns, `*_le`, as base64 text)
   agent → SDK  {"ok": true, "accepted": n, "rejected": [{"event_id", "error"}]}
 The reply is written only after the batch is in the spool, so an SDK that got
 "ok" may forget the batch. `"ok": false` (bad line, spool unwritable) means
@@ -10,6 +11,8 @@ nothing of the batch was kept: the SDK keeps it and sends it again.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import socketserver
 import threading
@@ -20,9 +23,10 @@ import structlog
 
 from agent.errors import SpoolError
 from agent.ingest import Ingest
+from agent.sdk.encode import PACKED_FIELDS
 from schemas.topics import SDK_TYPES
 
-__all__ = ["SdkSocketServer", "handle_line"]
+__all__ = ["SdkSocketServer", "handle_line", "unpack_columns"]
 
 log = structlog.get_logger("traintrail.sdk_socket")
 
@@ -41,6 +45,7 @@ def handle_line(ingest: Ingest, line: bytes) -> dict[str, Any]:
             raise ValueError('"events" must be a list of objects')
     except ValueError as exc:
         return {"ok": False, "error": f"bad request: {exc}"}
+    events, bad = unpack_columns(events)
     try:
         accepted, rejected = ingest.accept(events, SDK_TYPES)
     except SpoolError as exc:
@@ -49,8 +54,34 @@ def handle_line(ingest: Ingest, line: bytes) -> dict[str, Any]:
     return {
         "ok": True,
         "accepted": accepted,
-        "rejected": [{"event_id": r.event_id, "error": r.error} for r in rejected],
+        "rejected": bad + [{"event_id": r.event_id, "error": r.error} for r in rejected],
     }
+
+
+def unpack_columns(
+    events: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Metrics point columns arrive base64-encoded in the JSON line; Avro wants
+    the bytes. Returns the events to ingest and the rejections of bad ones."""
+    good: list[dict[str, Any]] = []
+    bad: list[dict[str, Any]] = []
+    for ev in events:
+        body = ev.get("body")
+        if ev.get("type") == "Metrics" and isinstance(body, dict):
+            try:
+                packed = {
+                    key: base64.b64decode(body[key], validate=True)
+                    for key in PACKED_FIELDS
+                    if key in body
+                }
+            except (binascii.Error, TypeError, ValueError) as exc:
+                error = f"Metrics: point columns are not base64: {exc}"
+                log.warning("event rejected", event_id=ev.get("event_id"), error=error)
+                bad.append({"event_id": ev.get("event_id"), "error": error})
+                continue
+            ev = {**ev, "body": {**body, **packed}}
+        good.append(ev)
+    return good, bad
 
 
 class _Handler(socketserver.StreamRequestHandler):

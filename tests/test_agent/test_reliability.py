@@ -27,7 +27,7 @@ from agent.spool import Spool
 from schemas import decode, default_registry
 from tests.fixtures.kafka import KAFKA_SH, _free_port_pair
 from tests.procs import AgentProc, CollectorProc, send_batch, stack_env, wait_for
-from tests.samples import body
+from tests.samples import body, packed_points
 
 pytestmark = pytest.mark.kafka
 
@@ -195,11 +195,12 @@ def test_agent_sigkilled_mid_stream(tmp_path: Path, broker: PrivateKafka) -> Non
 
 def _metrics_event(run_id: str, i: int) -> dict[str, Any]:
     b = body("Metrics", run_id)
-    b.update(step=[i] * 4, value=[1.0, 2.0, 3.0, 4.0])
+    now = time.time_ns() // 1000
+    b.update(packed_points([i] * 4, [now] * 4, [0, 1, 0, 1], [1.0, 2.0, 3.0, 4.0]))
     return {
         "type": "Metrics",
         "event_id": str(uuid.uuid4()),
-        "time_us": 1_800_000_000_000_000,
+        "time_us": now,
         "stream": f"run/{run_id}",
         "key": run_id,
         "body": b,

@@ -8,6 +8,7 @@ each after "spooling" it, exactly as the agent does.
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import hashlib
 import json
@@ -16,6 +17,7 @@ import math
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -33,6 +35,7 @@ import pytest
 import agent.sdk as traintrail
 from agent.sdk import client as sdk_client
 from agent.sdk.context import flatten_config, git_state, sha256_tree, strip_credentials
+from agent.sources.sdk_socket import unpack_columns
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,12 +111,22 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     return predicate()
 
 
+def wire_columns(body: dict[str, Any]) -> dict[str, Any]:
+    """A Metrics body from the SDK's line, its packed base64 columns as lists."""
+    out = dict(body)
+    for key, fmt, width in (("step", "q", 8), ("time_us", "q", 8), ("name_idx", "i", 4),
+                            ("value", "d", 8)):  # fmt: skip
+        raw = base64.b64decode(body[f"{key}_le"], validate=True)
+        out[key] = list(struct.unpack(f"<{len(raw) // width}{fmt}", raw))
+    return out
+
+
 def points(events: list[dict[str, Any]]) -> list[tuple[int, str, float]]:
     """All Metrics points of `events`, in wire order."""
     out = []
     for e in events:
         if e["type"] == "Metrics":
-            b = e["body"]
+            b = wire_columns(e["body"])
             assert len(b["step"]) == len(b["time_us"]) == len(b["name_idx"]) == len(b["value"])
             out += [
                 (s, b["names"][i], v)
@@ -186,11 +199,16 @@ def test_every_event_encodes_with_the_avro_schemas(agent: AgentStandIn, tmp_path
         run.log({"loss": math.nan, "acc": 0.5})
         run.log_dataset("d", version="1", path=ckpt, preprocessing=["a"])
         run.log_checkpoint(ckpt, metrics={"acc": 0.5})
+        run.log_eval("test", {"acc": 0.9}, dataset="d")
+        run.log_event("note", {"by": "me"})
     registry = default_registry()
     events = agent.events()
     assert {e["type"] for e in events} == {
-        "RunStarted", "Metrics", "DatasetUsed", "CheckpointSaved", "RunFinished"
+        "RunStarted", "Metrics", "DatasetUsed", "CheckpointSaved", "EvalLogged", "RunEvent",
+        "RunFinished",
     }  # fmt: skip
+    events, bad = unpack_columns(events)
+    assert not bad
     for e in events:
         envelope = {"event_id": e["event_id"], "time_us": e["time_us"], "node": "n",
                     "stream": e["stream"], "seq": 0, "prev_hash": b""}  # fmt: skip
@@ -299,6 +317,45 @@ def _manifest_hash(root: Path) -> str:
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     lines = "".join(f"{r}\t{hashlib.sha256((root / r).read_bytes()).hexdigest()}\n" for r in files)
     return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def test_eval_and_free_form_events_in_order_with_secrets_redacted(
+    agent: AgentStandIn,
+) -> None:
+    with traintrail.start_run("p", socket_path=agent.path) as run:
+        run.log({"loss": 1.0}, step=5)
+        run.log_eval("test", {"accuracy": 0.93, "loss": math.nan}, dataset="digits-test", step=5)
+        run.log_event(
+            "data_filter_applied",
+            {
+                "rows_dropped": 12,
+                "by": "alice",
+                "api_token": "plain-looking",
+                "source": "https://bob:hunter2@data.example.com/x.csv",
+                "note": "ghp_" + "a1B2c3D4" * 5,
+            },
+            step=5,
+        )
+        with pytest.raises(TypeError, match="non-empty str"):
+            run.log_eval("", {"a": 1.0})
+        with pytest.raises(TypeError, match="mapping"):
+            run.log_event("k", ["not", "a", "mapping"])  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="must be a number"):
+            run.log_eval("t", {"a": "high"})
+    types = [e["type"] for e in agent.events()]
+    assert types.index("Metrics") < types.index("EvalLogged") < types.index("RunEvent")
+    (ev,) = agent.events("EvalLogged")
+    assert ev["body"]["name"] == "test" and ev["body"]["dataset"] == "digits-test"
+    assert ev["body"]["step"] == 5 and ev["body"]["metrics"]["accuracy"] == 0.93
+    assert math.isnan(ev["body"]["metrics"]["loss"])
+    (note,) = agent.events("RunEvent")
+    attrs = note["body"]["attrs"]
+    assert note["body"]["kind"] == "data_filter_applied" and note["body"]["step"] == 5
+    assert attrs["rows_dropped"] == "12" and attrs["by"] == "alice"
+    assert attrs["api_token"] == "<redacted>"  # a secret name, whatever the value
+    assert "hunter2" not in attrs["source"]
+    assert attrs["note"] == "<redacted>"  # a token shape, whatever the name
+    assert "hunter2" not in json.dumps(agent.events())
 
 
 def test_directory_dataset_hash_is_deterministic(agent: AgentStandIn, tmp_path: Path) -> None:

@@ -6,55 +6,21 @@ share the session's Kafka and ClickHouse without seeing each other.
 
 from __future__ import annotations
 
-import time
+import math
+import struct
 import uuid
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
 
-from collector.config import CollectorConfig, load_config
-from collector.pipeline import Pipeline, make_consumer
 from collector.store import Store
 from collector.topics import ensure_topics
 from schemas import default_registry, encode
-from tests.samples import record
+from tests.samples import metrics_v1_record, record, registry_without
+from tests.test_collector.kit import config_for, pipeline_for, produce, run_until
 
 pytestmark = pytest.mark.kafka
-
-
-def _config(bootstrap: str) -> CollectorConfig:
-    tag = uuid.uuid4().hex[:10]
-    return load_config(
-        None,
-        kafka_bootstrap=bootstrap,
-        kafka_topic_prefix=f"t{tag}",
-        collector_group_id=f"g{tag}",
-        collector_batch_max_messages=50,
-        collector_batch_max_seconds=0.2,
-    )
-
-
-def _pipeline(config: CollectorConfig, store: Store, **kw: Any) -> Pipeline:
-    consumer = make_consumer(config, **{"session.timeout.ms": 6000})
-    pipeline = Pipeline(config, store, default_registry(), consumer, **kw)
-    pipeline.consumer.subscribe(config.topics())
-    return pipeline
-
-
-def _produce(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-    for key, value in values:
-        producer.produce(topic, value=value, key=key)
-    assert producer.flush(30) == 0
-
-
-def _until(pipeline: Pipeline, done: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "pipeline did not get there in time"
-        pipeline.step()
 
 
 def _count(store: Store, sql: str, **params: Any) -> int:
@@ -66,7 +32,7 @@ def _metrics_messages(run_id: str, n: int) -> list[tuple[bytes, bytes]]:
     out = []
     for seq in range(n):
         rec = record("Metrics", run_id, seq=seq)
-        rec["step"] = [seq * 2, seq * 2, seq * 2 + 1, seq * 2 + 1]
+        rec["step_le"] = struct.pack("<4q", seq * 2, seq * 2, seq * 2 + 1, seq * 2 + 1)
         out.append((run_id.encode(), encode(reg, "Metrics", rec)))
     return out
 
@@ -74,7 +40,7 @@ def _metrics_messages(run_id: str, n: int) -> list[tuple[bytes, bytes]]:
 def test_garbage_and_unknown_fingerprints_become_dead_letters(
     kafka_bootstrap: str, ch_store: Store
 ) -> None:
-    config = _config(kafka_bootstrap)
+    config = config_for(kafka_bootstrap)
     ensure_topics(kafka_bootstrap, config.topics(), 1, 1)
     topic = f"{config.kafka_topic_prefix}.training"
     run_id = f"dl-{uuid.uuid4().hex[:8]}"
@@ -84,9 +50,9 @@ def test_garbage_and_unknown_fingerprints_become_dead_letters(
         (b"x", b"\xc3\x01" + b"\xee" * 8 + b"\x02\x04"),
         (b"x", good[0][1][:-7]),  # a known fingerprint with a truncated body
     ]
-    _produce(kafka_bootstrap, topic, [good[0], bad[0], good[1], bad[1], good[2], bad[2], good[3]])
-    pipeline = _pipeline(config, ch_store)
-    _until(pipeline, lambda: pipeline.totals.messages >= 7)
+    produce(kafka_bootstrap, topic, [good[0], bad[0], good[1], bad[1], good[2], bad[2], good[3]])
+    pipeline = pipeline_for(config, ch_store)
+    run_until(pipeline, lambda: pipeline.totals.messages >= 7)
     pipeline.consumer.close()
 
     points = _count(
@@ -111,12 +77,10 @@ def test_garbage_and_unknown_fingerprints_become_dead_letters(
 def test_crash_between_insert_and_commit_is_invisible(
     kafka_bootstrap: str, ch_store: Store
 ) -> None:
-    config = _config(kafka_bootstrap)
+    config = config_for(kafka_bootstrap)
     ensure_topics(kafka_bootstrap, config.topics(), 1, 1)
     run_id = f"crash-{uuid.uuid4().hex[:8]}"
-    _produce(
-        kafka_bootstrap, f"{config.kafka_topic_prefix}.training", _metrics_messages(run_id, 30)
-    )
+    produce(kafka_bootstrap, f"{config.kafka_topic_prefix}.training", _metrics_messages(run_id, 30))
 
     class Crash(Exception):
         pass
@@ -124,17 +88,17 @@ def test_crash_between_insert_and_commit_is_invisible(
     def crash(_result: object) -> None:
         raise Crash
 
-    first = _pipeline(config, ch_store, after_insert=crash)
+    first = pipeline_for(config, ch_store, after_insert=crash)
     with pytest.raises(Crash):
-        _until(first, lambda: False)
+        run_until(first, lambda: False)
     first.consumer.close()  # the process "died": nothing was committed
 
     raw = "SELECT count() AS n FROM metrics WHERE run_id = {r:String}"
     stored_before = _count(ch_store, raw, r=run_id)
     assert stored_before > 0
 
-    second = _pipeline(config, ch_store)
-    _until(second, lambda: second.totals.messages >= 30)
+    second = pipeline_for(config, ch_store)
+    run_until(second, lambda: second.totals.messages >= 30)
     second.consumer.close()
     assert second.totals.messages == 30  # everything was redelivered and stored again...
     final = "SELECT count() AS n FROM metrics FINAL WHERE run_id = {r:String}"
@@ -144,7 +108,7 @@ def test_crash_between_insert_and_commit_is_invisible(
 
 
 def test_every_event_type_lands_in_its_table(kafka_bootstrap: str, ch_store: Store) -> None:
-    config = _config(kafka_bootstrap)
+    config = config_for(kafka_bootstrap)
     ensure_topics(kafka_bootstrap, config.topics(), 1, 1)
     run_id = f"all-{uuid.uuid4().hex[:8]}"
     reg = default_registry()
@@ -154,6 +118,8 @@ def test_every_event_type_lands_in_its_table(kafka_bootstrap: str, ch_store: Sto
         "CheckpointSaved": ("checkpoints", "training"),
         "DatasetUsed": ("datasets", "training"),
         "RunFinished": ("run_finished", "training"),
+        "EvalLogged": ("evaluations", "training"),
+        "RunEvent": ("run_events", "training"),
         "GpuSample": ("gpu_samples", "hardware"),
         "GpuEvent": ("gpu_events", "hardware"),
         "HostSample": ("host_samples", "hardware"),
@@ -163,13 +129,13 @@ def test_every_event_type_lands_in_its_table(kafka_bootstrap: str, ch_store: Sto
     for kind, (_table, suffix) in tables.items():
         rec = record(kind, run_id)
         rec["envelope"]["stream"] = f"run/{run_id}"
-        _produce(
+        produce(
             kafka_bootstrap,
             f"{config.kafka_topic_prefix}.{suffix}",
             [(run_id.encode(), encode(reg, kind, rec))],
         )
-    pipeline = _pipeline(config, ch_store)
-    _until(pipeline, lambda: pipeline.totals.messages >= len(tables))
+    pipeline = pipeline_for(config, ch_store)
+    run_until(pipeline, lambda: pipeline.totals.messages >= len(tables))
     pipeline.consumer.close()
     assert pipeline.totals.dead_letters == 0
     for kind, (table, _suffix) in tables.items():
@@ -179,3 +145,41 @@ def test_every_event_type_lands_in_its_table(kafka_bootstrap: str, ch_store: Sto
             s=f"run/{run_id}",
         )
         assert n == (4 if kind == "Metrics" else 1), kind
+
+
+def test_metrics_v1_message_is_stored_after_v2_became_current(
+    kafka_bootstrap: str, ch_store: Store, tmp_path: Path
+) -> None:
+    """A message an old SDK wrote with Metrics v1 (Avro arrays) lands in the same
+    rows as its v2 twin (packed columns)."""
+    config = config_for(kafka_bootstrap)
+    ensure_topics(kafka_bootstrap, config.topics(), 1, 1)
+    old = registry_without(tmp_path, "Metrics/v2.avsc")
+    run_v1, run_v2 = (f"evo{v}-{uuid.uuid4().hex[:8]}" for v in (1, 2))
+    rec_v1 = metrics_v1_record()
+    rec_v1["run_id"] = run_v1
+    rec_v2 = record("Metrics", run_v2)
+    produce(
+        kafka_bootstrap,
+        f"{config.kafka_topic_prefix}.training",
+        [
+            (run_v1.encode(), encode(old, "Metrics", rec_v1)),
+            (run_v2.encode(), encode(default_registry(), "Metrics", rec_v2)),
+        ],
+    )
+    pipeline = pipeline_for(config, ch_store)
+    run_until(pipeline, lambda: pipeline.totals.messages >= 2)
+    pipeline.consumer.close()
+    assert pipeline.totals.dead_letters == 0
+    sql = (
+        "SELECT name, step, value, idx, schema_fp FROM metrics FINAL "
+        "WHERE run_id = {r:String} ORDER BY idx"
+    )
+    rows = {run: ch_store.query(sql, {"r": run}) for run in (run_v1, run_v2)}
+    for run in (run_v1, run_v2):
+        got = [(r["name"], r["step"], r["idx"]) for r in rows[run]]
+        assert got == [("loss", 0, 0), ("acc", 0, 1), ("loss", 1, 2), ("acc", 1, 3)], run
+        values = [r["value"] for r in rows[run]]
+        assert values[:2] == [2.5, 0.1] and math.isnan(values[2]) and values[3] == math.inf
+    assert rows[run_v1][0]["schema_fp"] == old.current("Metrics").fingerprint.hex()
+    assert rows[run_v2][0]["schema_fp"] == default_registry().current("Metrics").fingerprint.hex()

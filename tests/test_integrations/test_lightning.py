@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 lightning = pytest.importorskip("lightning.pytorch")
 
-from agent.sdk.context import hash_path  # noqa: E402
+from agent.sdk.hashing import hash_path  # noqa: E402
 from agent.sdk.integrations.lightning import TraintrailCallback  # noqa: E402
 from tests.procs import wait_for  # noqa: E402
 from tests.test_integrations import finished_run, running_stack, series  # noqa: E402

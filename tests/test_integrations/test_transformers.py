@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from agent.sdk.context import hash_path  # noqa: E402
+from agent.sdk.hashing import hash_path  # noqa: E402
 from agent.sdk.integrations.transformers import TraintrailCallback  # noqa: E402
 from tests.procs import wait_for  # noqa: E402
 from tests.test_integrations import finished_run, running_stack, series  # noqa: E402

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import shutil
+import struct
 from pathlib import Path
 
 import avro.io
@@ -17,7 +17,6 @@ from schemas import (
     CorruptPayloadError,
     EncodeError,
     NotSingleObjectError,
-    Registry,
     UnknownFingerprintError,
     UnknownSchemaError,
     decode,
@@ -26,7 +25,7 @@ from schemas import (
 )
 from schemas.registry import AVRO_DIR
 from schemas.topics import TOPIC_OF
-from tests.samples import record
+from tests.samples import metrics_v1_record, record, registry_with_field, registry_without
 
 EVENT_TYPES = sorted(TOPIC_OF)
 
@@ -42,7 +41,7 @@ class TestRoundTrip:
         assert decoded.name == kind
         assert str(decoded.record["envelope"]["event_id"]) == rec["envelope"]["event_id"]
         if kind == "Metrics":
-            values = decoded.record["value"]
+            values = struct.unpack("<4d", decoded.record["value_le"])
             assert values[0] == 2.5 and math.isnan(values[2]) and values[3] == math.inf
 
     def test_every_topic_type_has_a_schema(self) -> None:
@@ -82,18 +81,23 @@ def decode_with_reference_avro(data: bytes, root: Path = AVRO_DIR) -> dict[str, 
 
 
 class TestEvolution:
-    def test_v1_message_reads_into_v2(self, tmp_path: Path) -> None:
-        root = tmp_path / "avro"
-        shutil.copytree(AVRO_DIR, root)
-        v1 = json.loads((root / "Metrics" / "v1.avsc").read_text())
-        v2 = dict(v1, fields=[*v1["fields"], {"name": "unit", "type": "string", "default": "1"}])
-        (root / "Metrics" / "v2.avsc").write_text(json.dumps(v2))
-        old = Registry.load(AVRO_DIR)
-        new = Registry.load(root)
-        assert new.current("Metrics").version == 2
-        data = encode(old, "Metrics", record("Metrics"))
-        decoded = decode(new, data)
+    def test_metrics_v1_message_reads_into_current_v2(self, tmp_path: Path) -> None:
+        old = registry_without(tmp_path, "Metrics/v2.avsc")
+        assert old.current("Metrics").version == 1
+        decoded = decode(default_registry(), encode(old, "Metrics", metrics_v1_record()))
         assert decoded.writer.version == 1
+        assert default_registry().current("Metrics").version == 2
+        assert decoded.record["names"] == ["loss", "acc"]
+        assert decoded.record["step"] == [0, 0, 1, 1]
+        assert decoded.record["value_le"] == b""  # the new fields take their defaults
+
+    def test_new_field_takes_its_default(self, tmp_path: Path) -> None:
+        new = registry_with_field(
+            tmp_path, "Metrics", {"name": "unit", "type": "string", "default": "1"}
+        )
+        assert new.current("Metrics").version == 3
+        decoded = decode(new, encode(default_registry(), "Metrics", record("Metrics")))
+        assert decoded.writer.version == 2
         assert decoded.record["unit"] == "1"
         assert decoded.record["names"] == ["loss", "acc"]
 

@@ -1,0 +1,58 @@
+"""Shared by the collector tests: a private config, an in-process pipeline, producing."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Producer
+
+from collector.config import CollectorConfig, load_config
+from collector.pipeline import Pipeline, make_consumer
+from collector.store import Store
+from schemas import default_registry
+
+__all__ = ["config_for", "pipeline_for", "produce", "run_until"]
+
+
+def config_for(bootstrap: str, **overrides: Any) -> CollectorConfig:
+    """Topics and group of this test's own."""
+    tag = uuid.uuid4().hex[:10]
+    settings: dict[str, Any] = {
+        "kafka_bootstrap": bootstrap,
+        "kafka_topic_prefix": f"t{tag}",
+        "collector_group_id": f"g{tag}",
+        "collector_batch_max_messages": 50,
+        "collector_batch_max_seconds": 0.2,
+        **overrides,
+    }
+    return load_config(None, **settings)
+
+
+def pipeline_for(
+    config: CollectorConfig,
+    store: Store,
+    consumer_settings: dict[str, Any] | None = None,
+    **kw: Any,
+) -> Pipeline:
+    settings = {"session.timeout.ms": 6000, **(consumer_settings or {})}
+    kw.setdefault("registry", default_registry())
+    pipeline = Pipeline(config, store, consumer=make_consumer(config, **settings), **kw)
+    pipeline.subscribe()
+    return pipeline
+
+
+def produce(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for key, value in values:
+        producer.produce(topic, value=value, key=key)
+    assert producer.flush(30) == 0
+
+
+def run_until(pipeline: Pipeline, done: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "pipeline did not get there in time"
+        pipeline.step()

@@ -267,7 +267,8 @@ class Agent:
             except SpoolFullError:
                 source.stats.count(errors=len(events))  # alerted by ingest
 
-        source.stats.alive = True
+        # Each source says it is alive itself, once it is ready (an inotify source
+        # after its watches are in place), so "alive" never promises too early.
         try:
             source.run(emit, stop)
         except Exception:

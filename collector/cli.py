@@ -75,7 +75,7 @@ def collector_run(config: CollectorConfig, ready_file: Path | None) -> None:
     """
     from collector.api import start_api
     from collector.deadletters import DeadLetters
-    from collector.migrate import migrate
+    from collector.migrate import apply_retention, migrate
     from collector.pipeline import Pipeline, make_consumer
     from collector.store import connect
     from collector.topics import provision
@@ -89,6 +89,7 @@ def collector_run(config: CollectorConfig, ready_file: Path | None) -> None:
     try:
         store = connect(config.clickhouse_dsn, config.clickhouse_database)
         applied = migrate(store)
+        apply_retention(store, config.storage_raw_hardware_ttl_days)
         log.info(
             "store ready",
             dsn=redact_dsn(config.clickhouse_dsn),

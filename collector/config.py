@@ -1,4 +1,4 @@
-"""Collector settings: `[kafka]`, `[clickhouse]`, `[collector]`, `[api]`, `[log]`.
+"""Collector settings: `[kafka]`, `[clickhouse]`, `[storage]`, `[collector]`, `[api]`, `[log]`.
 
 A relative `chdb://` path is taken from the working directory, so the
 default store is `.traintrail/store` beside wherever the collector runs.
@@ -34,6 +34,9 @@ class CollectorConfig:
         "chdb://PATH (embedded engine) or http(s)://user:pass@host:port/db (server).",
     )
     clickhouse_database: str = setting("traintrail", "Database, when the DSN names none.")
+    storage_raw_hardware_ttl_days: int = setting(
+        90, "Raw GPU/host samples expire after this many days (0: never); rollups stay."
+    )
     collector_group_id: str = setting("traintrail-collector", "Kafka consumer group.")
     collector_session_timeout_ms: int = setting(
         10_000,
@@ -42,6 +45,11 @@ class CollectorConfig:
     )
     collector_batch_max_messages: int = setting(
         5000, "Most messages per batch: decode, insert, then commit."
+    )
+    collector_batch_max_rows: int = setting(
+        500_000,
+        "Rows per batch to aim for (a Metrics message carries up to 10,000): bounds memory "
+        "and sizes inserts, which chDB and ClickHouse take best by the hundred thousand.",
     )
     collector_batch_max_seconds: float = setting(
         0.5, "Longest wait to fill a batch; bounds ingest latency."

@@ -15,7 +15,15 @@ from pathlib import Path
 from collector.errors import MigrationError, StoreError
 from collector.store import Store
 
-__all__ = ["MIGRATIONS_DIR", "Migration", "applied", "load_migrations", "migrate"]
+__all__ = [
+    "MIGRATIONS_DIR",
+    "RAW_HARDWARE_TABLES",
+    "Migration",
+    "applied",
+    "apply_retention",
+    "load_migrations",
+    "migrate",
+]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "schemas" / "clickhouse"
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -90,6 +98,28 @@ def migrate(store: Store, root: Path = MIGRATIONS_DIR) -> list[Migration]:
         )
         newly.append(migration)
     return newly
+
+
+RAW_HARDWARE_TABLES = ("gpu_samples", "host_samples")
+
+
+def apply_retention(store: Store, raw_hardware_ttl_days: int) -> None:
+    """Expire raw hardware samples after `raw_hardware_ttl_days` (0: keep forever).
+
+    Configuration, not schema, so it is set at every start rather than by a
+    migration; the per-minute rollups (migration 0006) keep no TTL."""
+    for table in RAW_HARDWARE_TABLES:
+        if raw_hardware_ttl_days > 0:
+            store.command(
+                f"ALTER TABLE {table} MODIFY TTL toDateTime(event_time) + "
+                f"toIntervalDay({int(raw_hardware_ttl_days)})"
+            )
+            continue
+        try:
+            store.command(f"ALTER TABLE {table} REMOVE TTL")
+        except StoreError as exc:
+            if "TTL" not in str(exc):  # "no TTL to remove" is what we want anyway
+                raise
 
 
 def _has_sql(chunk: str) -> bool:

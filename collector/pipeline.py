@@ -90,6 +90,9 @@ class Pipeline:
     dead_letters: DeadLetters | None = None
     _kafka_down: bool = False
     _lag_at: float = 0.0
+    # Rows per message seen lately: sizes the next consume so a batch stays near
+    # collector_batch_max_rows whether messages carry 1 row or 10,000 points.
+    _rows_per_message: float = 10_000.0
     _lag_labels: set[tuple[str, str]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -123,7 +126,7 @@ class Pipeline:
 
     def step(self) -> BatchResult:
         messages = self.consumer.consume(
-            num_messages=self.config.collector_batch_max_messages,
+            num_messages=self._batch_messages(),
             timeout=self.config.collector_batch_max_seconds,
         )
         self._lag()
@@ -140,7 +143,15 @@ class Pipeline:
             self.after_insert(result)
         self._commit(offsets)
         self._count(result)
+        rows = sum(result.rows.values()) - result.dead_letters
+        self._rows_per_message = 0.5 * self._rows_per_message + 0.5 * max(
+            1.0, rows / result.messages
+        )
         return result
+
+    def _batch_messages(self) -> int:
+        by_rows = int(self.config.collector_batch_max_rows / self._rows_per_message)
+        return max(1, min(self.config.collector_batch_max_messages, by_rows))
 
     # -- decode ---------------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """Decoded events → table rows, accumulated column by column.
 
 Each event type has one routing function that appends its row(s) to a
-`Batch`. A Metrics message becomes one row per point, each keeping the event
-identity and its index within the batch, so the stored rows can be put back
-together into the exact message that was hashed into the chain.
+`Batch`. A Metrics message becomes one `metrics` row per point (event_id and
+its index within the message) and one `metric_batches` row with the message's
+envelope, so the stored rows can be put back together into the exact message
+that was hashed into the chain.
 """
 
 from __future__ import annotations
@@ -62,8 +63,10 @@ class Batch:
             tables = list(self.parts.get(name, ()))
             if cols and len(next(iter(cols.values()))):
                 tables.insert(0, pa.table(cols, schema=TABLES[name]))
-            if tables:
-                out[name] = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+            if len(tables) == 1:
+                out[name] = tables[0]
+            elif tables:  # one dictionary per column: what an Arrow IPC stream can carry
+                out[name] = pa.concat_tables(tables).unify_dictionaries().combine_chunks()
         return out
 
     def __len__(self) -> int:
@@ -125,11 +128,6 @@ def _run_started(batch: Batch, d: Decoded) -> None:
     _identity(cols, d)
 
 
-_IDENTITY_TYPES = {
-    f.name: f.type
-    for f in TABLES["metrics"]
-    if f.name in {"event_id", "event_time", "node", "stream", "seq", "prev_hash", "schema_fp"}
-}
 _POINT_COLUMNS = (("step_le", "<i8", 8), ("time_us_le", "<i8", 8), ("name_idx_le", "<i4", 4))
 _IDX = np.arange(0, dtype=np.uint32)
 
@@ -176,33 +174,29 @@ def _metrics(batch: Batch, d: Decoded) -> None:
     n = len(idx)
     if not (len(step) == len(time_us) == len(value) == n):
         raise InvalidEventError("Metrics: step, time_us, name_idx and value differ in length")
+    if n and int(idx.min()) < 0:
+        raise InvalidEventError("Metrics: negative name_idx")
+    if n and int(idx.max()) >= len(names):
+        raise InvalidEventError(f"Metrics: name_idx outside names (0..{len(names) - 1})")
+    cols = batch.table("metric_batches")  # the message, even with no points: chain complete
+    cols["run_id"].append(r["run_id"])
+    cols["points"].append(n)
+    _identity(cols, d)
     if n == 0:
         return
-    if int(idx.min()) < 0:
-        raise InvalidEventError("Metrics: negative name_idx")
-    if int(idx.max()) >= len(names):
-        raise InvalidEventError(f"Metrics: name_idx outside names (0..{len(names) - 1})")
-    env = d.record["envelope"]
-    identity = {
-        "event_id": str(env["event_id"]),
-        "event_time": env["time_us"],
-        "node": env["node"],
-        "stream": env["stream"],
-        "seq": env["seq"],
-        "prev_hash": env["prev_hash"].hex(),
-        "schema_fp": d.writer.fingerprint.hex(),
-    }
+    zeros = pa.array(np.zeros(n, dtype=np.int32))
     columns = {
-        "run_id": pa.repeat(pa.scalar(r["run_id"], pa.string()), n),
-        "name": pa.array(names, pa.string()).take(pa.array(idx.astype(np.int32, copy=False))),
+        "run_id": pa.DictionaryArray.from_arrays(zeros, pa.array([r["run_id"]], pa.string())),
+        "name": pa.DictionaryArray.from_arrays(
+            pa.array(idx.astype(np.int32, copy=False)), pa.array(names, pa.string())
+        ),
         "step": pa.array(step),
         "time": pa.array(time_us).view(pa.timestamp("us", tz="UTC")),
         "value": pa.array(value),
         "idx": _point_index(n),
-        **{
-            key: pa.repeat(pa.scalar(value, _IDENTITY_TYPES[key]), n)
-            for key, value in identity.items()
-        },
+        "event_id": pa.DictionaryArray.from_arrays(
+            zeros, pa.array([str(r["envelope"]["event_id"])], pa.string())
+        ),
     }
     batch.add("metrics", pa.table(columns, schema=TABLES["metrics"]))
 
@@ -371,15 +365,25 @@ def _bounds(kind: pa.DataType) -> tuple[int, int] | None:
     return None
 
 
+def _integer_columns(schema: pa.Schema) -> list[tuple[str, int, int, bool]]:
+    """(column, low, high, is a list) for every integer column of a table."""
+    out = []
+    for f in schema:
+        listed = pa.types.is_list(f.type)
+        bounds = _bounds(f.type.value_type if listed else f.type)
+        if bounds is not None:
+            out.append((f.name, bounds[0], bounds[1], listed))
+    return out
+
+
+_INTEGERS = {name: _integer_columns(schema) for name, schema in TABLES.items()}
+
+
 def _check_ranges(event: str, table: str, cols: Columns, start: int) -> None:
-    for f in TABLES[table]:
-        kind = f.type
-        listed = pa.types.is_list(kind)
-        bounds = _bounds(kind.value_type if listed else kind)
-        if bounds is None:
-            continue
-        low, high = bounds
-        for value in cols[f.name][start:]:
-            for v in (value or ()) if listed else (value,):
-                if v is not None and not low <= v <= high:
-                    raise InvalidEventError(f"{event}: {f.name} = {v} outside {low}..{high}")
+    for column, low, high, listed in _INTEGERS[table]:
+        for value in cols[column][start:]:
+            if listed:
+                if value and not (low <= min(value) and max(value) <= high):
+                    raise InvalidEventError(f"{event}: {column} {value} outside {low}..{high}")
+            elif value is not None and not low <= value <= high:
+                raise InvalidEventError(f"{event}: {column} = {value} outside {low}..{high}")

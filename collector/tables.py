@@ -15,6 +15,7 @@ __all__ = ["IDENTITY", "TABLES"]
 _TS = pa.timestamp("us", tz="UTC")
 _STR_MAP = pa.map_(pa.string(), pa.string())
 _F64_MAP = pa.map_(pa.string(), pa.float64())
+_DICT_STR = pa.dictionary(pa.int32(), pa.string())
 
 IDENTITY: list[tuple[str, pa.DataType]] = [
     ("event_id", pa.string()),
@@ -93,14 +94,20 @@ TABLES: dict[str, pa.Schema] = {
         ("step", pa.int64()),
         ("attrs", _STR_MAP),
     ),
-    "metrics": _schema(
-        ("run_id", pa.string()),
-        ("name", pa.string()),
-        ("step", pa.int64()),
-        ("time", _TS),
-        ("value", pa.float64()),
-        ("idx", pa.uint32()),
+    # One row per point, only what differs between points; built as Arrow by the
+    # router. Repeated strings travel dictionary-encoded (one copy per message).
+    "metrics": pa.schema(
+        [
+            ("run_id", _DICT_STR),
+            ("name", _DICT_STR),
+            ("step", pa.int64()),
+            ("time", _TS),
+            ("value", pa.float64()),
+            ("idx", pa.uint32()),
+            ("event_id", _DICT_STR),
+        ]
     ),
+    "metric_batches": _schema(("run_id", pa.string()), ("points", pa.uint32())),
     "checkpoints": _schema(
         ("run_id", pa.string()),
         ("path", pa.string()),

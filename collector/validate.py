@@ -68,30 +68,31 @@ def _check_time(what: str, value: int, latest: int) -> None:
 
 
 def _check_strings(name: str, value: Any, limit: int, path: str) -> None:
-    if isinstance(value, str):
-        if len(value) > limit // 4 and len(value.encode("utf-8", "surrogatepass")) > limit:
-            raise InvalidEventError(f"{name}: {path or 'value'} longer than {limit} bytes")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if key == "envelope":
-                continue
-            _check_strings(name, key, limit, f"{path}.<key>")
-            _check_strings(name, item, limit, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, list):
-        for item in value:
-            _check_strings(name, item, limit, f"{path}[]")
+    """Walk dicts and lists; only str values are measured (one type check per value)."""
+    items = value.items() if type(value) is dict else enumerate(value)
+    quarter = limit // 4  # a str of fewer code points cannot exceed `limit` bytes
+    for key, item in items:
+        kind = type(item)
+        if kind is str:
+            if len(item) > quarter and len(item.encode("utf-8", "surrogatepass")) > limit:
+                raise InvalidEventError(f"{name}: {path}{key} longer than {limit} bytes")
+        elif (kind is dict or kind is list) and key != "envelope":
+            _check_strings(name, item, limit, f"{path}{key}.")
+        if type(key) is str and len(key) > quarter:
+            raise InvalidEventError(f"{name}: a key under {path or 'the record'} is too long")
 
 
 def _check_finite(name: str, value: Any, path: str) -> None:
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidEventError(f"{name}: {path} is {value}; hardware readings must be finite")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_finite(name, item, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, list):
-        for item in value:
-            _check_finite(name, item, f"{path}[]")
+    items = value.items() if type(value) is dict else enumerate(value)
+    for key, item in items:
+        kind = type(item)
+        if kind is float:
+            if not math.isfinite(item):
+                raise InvalidEventError(
+                    f"{name}: {path}{key} is {item}; hardware readings must be finite"
+                )
+        elif kind is dict or kind is list:
+            _check_finite(name, item, f"{path}{key}.")
 
 
 def _metrics(record: dict[str, Any], latest: int) -> None:

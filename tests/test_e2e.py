@@ -92,7 +92,9 @@ def test_two_concurrent_runs_arrive_complete_ordered_once(stack: Any, tmp_path: 
         # repeat, and every batch's steps come after the previous batch's.
         seqs = collector.sql(
             "SELECT seq, min(step) AS lo, max(step) AS hi FROM ("
-            f" SELECT seq, step FROM metrics FINAL WHERE {where}"
+            f" SELECT b.seq AS seq, m.step AS step FROM metrics AS m FINAL"
+            f" INNER JOIN (SELECT event_id, seq FROM metric_batches FINAL WHERE {where}) AS b"
+            f" ON m.event_id = b.event_id WHERE m.{where}"
             f" UNION ALL SELECT seq, step FROM checkpoints FINAL WHERE {where}"
             f" UNION ALL SELECT seq, -1 AS step FROM runs FINAL WHERE {where}"
             f" UNION ALL SELECT seq, 1000000 AS step FROM run_finished FINAL WHERE {where}"
@@ -182,4 +184,6 @@ def test_collector_sigkilled_mid_stream_loses_and_doubles_nothing(stack: Any) ->
         collector.scalar(f"SELECT uniqExact(event_id, idx) FROM metrics FINAL WHERE {where}")
         == expected
     )
-    assert collector.scalar(f"SELECT uniqExact(seq) FROM metrics FINAL WHERE {where}") == batches
+    assert collector.scalar(f"SELECT uniqExact(seq) FROM metric_batches FINAL WHERE {where}") == (
+        batches
+    )

@@ -114,7 +114,7 @@ def test_every_event_type_lands_in_its_table(kafka_bootstrap: str, ch_store: Sto
     reg = default_registry()
     tables = {
         "RunStarted": ("runs", "training"),
-        "Metrics": ("metrics", "training"),
+        "Metrics": ("metric_batches", "training"),
         "CheckpointSaved": ("checkpoints", "training"),
         "DatasetUsed": ("datasets", "training"),
         "RunFinished": ("run_finished", "training"),
@@ -144,7 +144,9 @@ def test_every_event_type_lands_in_its_table(kafka_bootstrap: str, ch_store: Sto
             f"SELECT count() AS n FROM {table} FINAL WHERE stream = {{s:String}}",
             s=f"run/{run_id}",
         )
-        assert n == (4 if kind == "Metrics" else 1), kind
+        assert n == 1, kind
+    points = "SELECT count() AS n FROM metrics FINAL WHERE run_id = {r:String}"
+    assert _count(ch_store, points, r=run_id) == 4
 
 
 def test_metrics_v1_message_is_stored_after_v2_became_current(
@@ -172,8 +174,9 @@ def test_metrics_v1_message_is_stored_after_v2_became_current(
     pipeline.consumer.close()
     assert pipeline.totals.dead_letters == 0
     sql = (
-        "SELECT name, step, value, idx, schema_fp FROM metrics FINAL "
-        "WHERE run_id = {r:String} ORDER BY idx"
+        "SELECT name, step, value, idx, schema_fp FROM metrics AS m FINAL "
+        "INNER JOIN (SELECT event_id, schema_fp FROM metric_batches FINAL) AS b "
+        "ON m.event_id = b.event_id WHERE m.run_id = {r:String} ORDER BY idx"
     )
     rows = {run: ch_store.query(sql, {"r": run}) for run in (run_v1, run_v2)}
     for run in (run_v1, run_v2):

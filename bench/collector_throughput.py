@@ -1,0 +1,301 @@
+"""Collector throughput, Kafka → ClickHouse (chDB), next to the limits beneath it.
+
+For the metrics table (Metrics v2 messages of POINTS points each) and the GPU
+table (one GpuSample per message), in one run on the same broker and engine:
+
+  (a) raw consume: a confluent-kafka consumer reading the same messages,
+      no decoding;
+  (b) raw insert: chDB inserting pre-built Arrow tables of the same rows
+      (what the router produces), in the collector's batch sizes;
+  (c) the collector: the real Pipeline (consume → decode → validate → route
+      → Arrow insert → commit) from a fresh consumer group;
+  (d) the peer an operator might pick instead: ClickHouse's own Kafka table
+      engine with a materialized view, inside the same chDB, reading the same
+      points as JSONEachRow (one JSON line per point, many lines a message);
+  (e) lag recovery: a backlog of BACKLOG_S seconds at RATE points/s written
+      while no collector runs, then the time one collector takes to drain it.
+
+    python bench/collector_throughput.py [POINTS_TOTAL=3000000] [GPU_MESSAGES=100000]
+        [BACKLOG_S=300] [RATE=50000]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from bench._kafka import bootstrap
+from collector.config import load_config
+from collector.migrate import migrate
+from collector.pipeline import Pipeline, make_consumer
+from collector.router import Batch, route
+from collector.store import Store, connect
+from collector.topics import ensure_topics
+from schemas import decode, default_registry, encode
+from tests.samples import packed_points, record
+
+POINTS = 10_000  # per Metrics message: the SDK's batch size
+NAMES = [f"m{k:02d}" for k in range(20)]
+
+
+def metrics_messages(total_points: int, run_id: str) -> list[bytes]:
+    reg = default_registry()
+    out = []
+    for seq in range(total_points // POINTS):
+        rec = record("Metrics", run_id, seq=seq)
+        now = rec["envelope"]["time_us"]
+        steps = [seq * (POINTS // 20) + i // 20 for i in range(POINTS)]
+        rec.update(
+            names=NAMES,
+            **packed_points(
+                steps,
+                [now + s for s in steps],
+                [i % 20 for i in range(POINTS)],
+                [1.0 / (i + 1) for i in range(POINTS)],
+            ),
+        )
+        out.append(encode(reg, "Metrics", rec))
+    return out
+
+
+def gpu_messages(n: int) -> list[bytes]:
+    reg = default_registry()
+    base = record("GpuSample", "bench")
+    out = []
+    for seq in range(n):
+        rec = {
+            **base,
+            "envelope": {
+                **base["envelope"],
+                "event_id": str(uuid.uuid4()),
+                "seq": seq,
+                "stream": "gpu/bench-node",
+            },
+        }
+        out.append(encode(reg, "GpuSample", rec))
+    return out
+
+
+def produce(servers: str, topic: str, values: list[bytes], key: bytes) -> float:
+    producer = Producer(
+        {
+            "bootstrap.servers": servers,
+            "linger.ms": 20,
+            "compression.type": "lz4",
+            "message.max.bytes": 8_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+        }
+    )
+    t0 = time.perf_counter()
+    for value in values:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    assert producer.flush(120) == 0
+    return time.perf_counter() - t0
+
+
+def raw_consume(servers: str, topic: str, n: int) -> float:
+    """Read `n` messages from the start of partition 0, assigned (no group join)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": servers,
+            "group.id": f"raw-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 64 * 2**20,
+            "max.partition.fetch.bytes": 16 * 2**20,
+        }
+    )
+    t0 = time.perf_counter()
+    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    got = 0
+    while got < n:
+        got += sum(1 for m in consumer.consume(5000, 1.0) if m.error() is None)
+    elapsed = time.perf_counter() - t0
+    consumer.close()
+    return elapsed
+
+
+def raw_insert(store: Store, table: str, values: list[bytes], per_batch: int) -> float:
+    """Insert pre-built Arrow tables (built outside the timing), batch by batch."""
+    reg = default_registry()
+    tables = []
+    for i in range(0, len(values), per_batch):
+        batch = Batch()
+        for value in values[i : i + per_batch]:
+            route(batch, decode(reg, value))
+        tables.append(batch.arrow()[table])
+    t0 = time.perf_counter()
+    for data in tables:
+        store.insert_arrow(table, data)
+    return time.perf_counter() - t0
+
+
+def collector(store: Store, servers: str, topic: str, n: int, **settings: Any) -> float:
+    """The real pipeline over `n` messages of `topic` (partition 0 assigned, as after
+    a group join, so the timing is the pipeline's, not the rebalance protocol's)."""
+    config = load_config(
+        None, kafka_bootstrap=servers, collector_group_id=f"bench-{uuid.uuid4().hex}", **settings
+    )
+    pipeline = Pipeline(config, store, default_registry(), make_consumer(config))
+    t0 = time.perf_counter()
+    pipeline.consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    while pipeline.totals.messages < n:
+        pipeline.step()
+    elapsed = time.perf_counter() - t0
+    pipeline.consumer.close()
+    return elapsed
+
+
+def kafka_engine(store: Store, servers: str, total_points: int) -> float | str:
+    """ClickHouse's Kafka engine + materialized view, JSONEachRow, in the same chDB."""
+    topic = f"peer-{uuid.uuid4().hex[:8]}"
+    ensure_topics(servers, [topic], 1, 1)
+    lines_per_message = POINTS
+    messages = []
+    now = time.time_ns() // 1000
+    for m in range(total_points // lines_per_message):
+        rows = (
+            json.dumps(
+                {
+                    "run_id": "peer",
+                    "name": NAMES[i % 20],
+                    "step": m * 500 + i // 20,
+                    "time": now + i,
+                    "value": 1.0 / (i + 1),
+                    "idx": i,
+                    "event_id": str(uuid.uuid4()),
+                },
+                separators=(",", ":"),
+            )
+            for i in range(lines_per_message)
+        )
+        messages.append("\n".join(rows).encode())
+    produce(servers, topic, messages, b"peer")
+    suffix = uuid.uuid4().hex[:8]
+    try:
+        store.command(f"""CREATE TABLE peer_points_{suffix} (run_id String,
+            name LowCardinality(String), step Int64, time DateTime64(6, 'UTC'), value Float64,
+            idx UInt32, event_id UUID) ENGINE = ReplacingMergeTree
+            ORDER BY (run_id, name, step, event_id, idx)""")
+        store.command(f"""CREATE TABLE peer_queue_{suffix} (run_id String, name String,
+            step Int64, time Int64, value Float64, idx UInt32, event_id String)
+            ENGINE = Kafka SETTINGS kafka_broker_list = '{servers}',
+            kafka_topic_list = '{topic}', kafka_group_name = 'peer-{suffix}',
+            kafka_format = 'JSONEachRow', kafka_max_block_size = 1048576,
+            kafka_poll_max_batch_size = 1048576""")
+    except Exception as exc:  # the engine may be missing from a build: say so
+        return f"unavailable in this build ({str(exc).splitlines()[0][:120]})"
+    t0 = time.perf_counter()
+    store.command(f"""CREATE MATERIALIZED VIEW peer_mv_{suffix} TO peer_points_{suffix} AS
+        SELECT run_id, name, step, fromUnixTimestamp64Micro(time) AS time, value, idx,
+               toUUID(event_id) AS event_id FROM peer_queue_{suffix}""")
+    deadline = time.monotonic() + 600
+    while True:
+        n = int(store.query(f"SELECT count() AS n FROM peer_points_{suffix}")[0]["n"])
+        if n >= total_points:
+            break
+        if time.monotonic() > deadline:
+            return f"stalled at {n} of {total_points} rows after 600 s"
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - t0
+    store.command(f"DROP TABLE peer_mv_{suffix}")
+    store.command(f"DROP TABLE peer_queue_{suffix}")
+    return elapsed
+
+
+def main() -> None:
+    total = int(sys.argv[1]) if len(sys.argv) > 1 else 3_000_000
+    gpu_n = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
+    backlog_s = float(sys.argv[3]) if len(sys.argv) > 3 else 300.0
+    rate = int(sys.argv[4]) if len(sys.argv) > 4 else 50_000
+    servers = bootstrap()
+    rows: list[tuple[str, str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="tt-bench-") as tmp:
+        store = connect(f"chdb://{tmp}/store", "bench")
+        migrate(store)
+        prefix = f"b{uuid.uuid4().hex[:8]}"
+        config = load_config(None, kafka_topic_prefix=prefix)
+        ensure_topics(servers, config.topics(), 1, 1)
+
+        metrics = metrics_messages(total, f"bench-{prefix}")
+        produce(servers, f"{prefix}.training", metrics, b"bench")
+        raw_c = raw_consume(servers, f"{prefix}.training", len(metrics))
+        raw_i = raw_insert(store, "metrics", metrics, 50)  # 500,000 rows: the default batch
+        coll = collector(store, servers, f"{prefix}.training", len(metrics))
+        slower = min(total / raw_c, total / raw_i)
+        rows += [
+            ("metrics: (a) raw consume, no decode", f"{total / raw_c:,.0f}", "points/s"),
+            (
+                "metrics: (b) raw chDB insert of pre-built Arrow",
+                f"{total / raw_i:,.0f}",
+                "points/s",
+            ),
+            ("metrics: (c) collector end to end", f"{total / coll:,.0f}", "points/s"),
+            ("metrics: (c) / slower of (a), (b)", f"{total / coll / slower:.2f}", ">= 0.5"),
+        ]
+        peer = kafka_engine(store, servers, total)
+        rows.append(
+            (
+                "metrics: (d) ClickHouse Kafka engine + MV, JSONEachRow",
+                peer if isinstance(peer, str) else f"{total / peer:,.0f}",
+                "points/s",
+            )
+        )
+
+        gpu = gpu_messages(gpu_n)
+        produce(servers, f"{prefix}.hardware", gpu, b"node")
+        g_raw_c = raw_consume(servers, f"{prefix}.hardware", gpu_n)
+        g_raw_i = raw_insert(store, "gpu_samples", gpu, 5000)
+        g_coll = collector(store, servers, f"{prefix}.hardware", gpu_n)
+        rows += [
+            ("gpu_samples: (a) raw consume, no decode", f"{gpu_n / g_raw_c:,.0f}", "rows/s"),
+            ("gpu_samples: (b) raw chDB insert of Arrow", f"{gpu_n / g_raw_i:,.0f}", "rows/s"),
+            ("gpu_samples: (c) collector end to end", f"{gpu_n / g_coll:,.0f}", "rows/s"),
+            (
+                "gpu_samples: (c) / slower of (a), (b)",
+                f"{gpu_n / g_coll / min(gpu_n / g_raw_c, gpu_n / g_raw_i):.2f}",
+                ">= 0.5",
+            ),
+        ]
+
+        backlog = int(backlog_s * rate)
+        late = f"l{uuid.uuid4().hex[:8]}"
+        ensure_topics(servers, load_config(None, kafka_topic_prefix=late).topics(), 1, 1)
+        produce(servers, f"{late}.training", metrics_messages(backlog, f"late-{late}"), b"late")
+        drain = collector(
+            store,
+            servers,
+            f"{late}.training",
+            backlog // POINTS,
+            collector_batch_max_rows=1_000_000,
+        )
+        rows.append(
+            (
+                f"lag recovery: {backlog_s:.0f} s backlog at {rate:,} points/s",
+                f"{drain:.1f}",
+                f"s to drain ({backlog:,} points)",
+            )
+        )
+        store.close()
+    print()
+    print(f"{'measure':<58} {'value':>14}  unit / target")
+    for what, value, unit in rows:
+        print(f"{what:<58} {value:>14}  {unit}")
+
+
+if __name__ == "__main__":
+    main()

@@ -25,12 +25,14 @@ dead-letter topic) stored before the commit like any other row.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -41,13 +43,19 @@ from collector.metrics import CollectorMetrics
 from collector.router import Batch, InvalidEventError, route
 from collector.store import Store
 from collector.validate import Limits, validate
-from schemas import Registry, SchemaError, decode
+from schemas import Decoded, Registry, SchemaError, decode
 
 __all__ = ["BatchResult", "Pipeline", "make_consumer"]
 
 log = structlog.get_logger("traintrail.collector")
 
 _RETRY_FIRST = 0.5
+# ClickHouse refusing the data itself (not being unavailable): retrying cannot help.
+_DATA_ERROR = re.compile(
+    r"CANNOT_PARSE|TYPE_MISMATCH|CANNOT_CONVERT|VALUE_IS_OUT_OF_RANGE|INCORRECT_DATA|"
+    r"TOO_LARGE_STRING|CANNOT_INSERT_NULL|ILLEGAL_TYPE|ARGUMENT_OUT_OF_BOUND|ArrowInvalid"
+)
+Routed = tuple[Message, bytes, Decoded]
 _LAG_EVERY_S = 5.0
 
 
@@ -132,11 +140,11 @@ class Pipeline:
         self._lag()
         if not messages:
             return BatchResult()
-        batch, result, offsets = self._decode(messages)
+        batch, result, offsets, routed = self._decode(messages)
         if not result.messages:
             return result
         started = time.monotonic()
-        if not self._insert(batch):
+        if not self._insert(batch, routed, result):
             return result  # stopping while the store is down: commit nothing
         self.metrics.insert_seconds.observe(time.monotonic() - started)
         if self.after_insert is not None:
@@ -157,10 +165,11 @@ class Pipeline:
 
     def _decode(
         self, messages: list[Message]
-    ) -> tuple[Batch, BatchResult, dict[tuple[str, int], int]]:
+    ) -> tuple[Batch, BatchResult, dict[tuple[str, int], int], list[Routed]]:
         batch = Batch()
         result = BatchResult()
         offsets: dict[tuple[str, int], int] = {}
+        routed: list[Routed] = []  # kept for _isolate, should the store reject the batch
         for message in messages:
             error = message.error()
             if error is not None:
@@ -179,13 +188,14 @@ class Pipeline:
                 decoded = decode(self.registry, value)
                 validate(decoded, self.limits)
                 route(batch, decoded)
+                routed.append((message, value, decoded))
             except (SchemaError, InvalidEventError) as exc:
                 self._dead_letter(batch, message, value, exc)
                 result.dead_letters += 1
         result.rows = {name: batch.rows(name) for name in batch.names()}
         self.metrics.batch_messages.observe(result.messages)
         self.metrics.batch_rows.observe(sum(result.rows.values()))
-        return batch, result, offsets
+        return batch, result, offsets, routed
 
     def _dead_letter(self, batch: Batch, message: Message, value: bytes, exc: Exception) -> None:
         cols = batch.table("dead_letters")
@@ -220,13 +230,21 @@ class Pipeline:
 
     # -- insert ---------------------------------------------------------------------------
 
-    def _insert(self, batch: Batch) -> bool:
+    def _insert(self, batch: Batch, routed: list[Routed], result: BatchResult) -> bool:
         """Store every table of the batch. While the store refuses: pause the
         partitions, keep polling (group membership, rebalances), retry with
         capped backoff. A table stored before a later one failed is stored
-        again on retry: its rows carry their identity, so FINAL hides the copy."""
+        again on retry: its rows carry their identity, so FINAL hides the copy.
+
+        A store that rejects the *data* (a value it cannot parse: a check the
+        router lacks) would be refused forever; then the batch is stored message
+        by message and the ones refused become dead letters, so one bad event
+        never stops the collector."""
         delay = _RETRY_FIRST
-        tables = batch.arrow()
+        try:
+            tables = batch.arrow()
+        except pa.ArrowException as exc:
+            tables = self._isolate(routed, result, str(exc))
         if self.dead_letters is not None and not self.dead_letters.flush():
             # the topic copy is best effort; the table row (stored below) is the record
             log.warning("dead letters not confirmed on their topic; the table keeps them")
@@ -239,6 +257,10 @@ class Pipeline:
                     self.metrics.store_up.set(1)
                     return True
                 except StoreError as exc:
+                    if _DATA_ERROR.search(str(exc)):
+                        tables = self._isolate(routed, result, str(exc))
+                        routed = []  # isolated: what is left to store are dead letters
+                        continue
                     self.metrics.store_up.set(0)
                     self.metrics.insert_retries.inc()
                     log.error("insert failed, will retry", error=str(exc), retry_in_s=delay)
@@ -251,6 +273,24 @@ class Pipeline:
         finally:
             if paused:
                 self._resume()
+
+    def _isolate(self, routed: list[Routed], result: BatchResult, why: str) -> dict[str, pa.Table]:
+        """Store each message alone; return the dead-letter rows of those refused.
+        A transient failure here propagates (StoreError) to the retry loop."""
+        log.error("store rejected the batch's data; storing message by message", error=why)
+        refused = Batch()
+        for message, value, decoded in routed:
+            single = Batch()
+            route(single, decoded)
+            try:
+                for table, data in single.arrow().items():
+                    self.store.insert_arrow(table, data)
+            except (StoreError, pa.ArrowException) as exc:
+                if isinstance(exc, StoreError) and not _DATA_ERROR.search(str(exc)):
+                    raise
+                self._dead_letter(refused, message, value, InvalidEventError(str(exc)[:2000]))
+                result.dead_letters += 1
+        return refused.arrow()
 
     def _pause(self) -> None:
         assignment = self.consumer.assignment()

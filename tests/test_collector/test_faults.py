@@ -427,3 +427,40 @@ def test_collector_metrics_report_rows_lag_and_dead_letters(
     assert 'traintrail_collector_rows_total{table="metrics"} 120.0' in text
     assert 'traintrail_collector_dead_letters_total{error_type="NotSingleObjectError"} 1.0' in text
     assert "traintrail_collector_insert_seconds_count" in text
+
+
+class PickyStore(Store):
+    """The real store, refusing (as ClickHouse refuses unparsable data) any insert
+    that holds a row of the poison run."""
+
+    def __init__(self, inner: Store, poison: str) -> None:
+        self.__dict__.update(inner.__dict__)
+        self.poison = poison
+
+    def insert_arrow(self, table: str, data: Any) -> None:
+        if "run_id" in data.column_names and self.poison in data.column("run_id").to_pylist():
+            raise StoreError(f"insert into {table}: Code: 27. CANNOT_PARSE_INPUT_ASSERTION_FAILED")
+        super().insert_arrow(table, data)
+
+
+def test_data_the_store_refuses_becomes_a_dead_letter_not_a_stall(
+    kafka_bootstrap: str, ch_store: Store
+) -> None:
+    config = config_for(kafka_bootstrap)
+    ensure_topics(kafka_bootstrap, config.topics(), 1, 1)
+    topic = f"{config.kafka_topic_prefix}.training"
+    run_id = f"picky-{uuid.uuid4().hex[:8]}"
+    poison = f"poison-{uuid.uuid4().hex[:8]}"
+    good = _metrics(run_id, 20)
+    produce(kafka_bootstrap, topic, [*good[:10], *_metrics(poison, 1), *good[10:]])
+    pipeline = pipeline_for(config, PickyStore(ch_store, poison))
+    run_until(pipeline, lambda: pipeline.totals.messages >= 21, timeout=60)
+    pipeline.consumer.close()
+    assert _points(ch_store, run_id) == (80, 80)
+    assert _points(ch_store, poison) == (0, 0)
+    rows = ch_store.query(
+        "SELECT offset, reason FROM dead_letters FINAL WHERE topic = {t:String}", {"t": topic}
+    )
+    assert [r["offset"] for r in rows] == [10]
+    assert "CANNOT_PARSE" in rows[0]["reason"]
+    assert sum(_committed(config, topic, 1)) == 21

@@ -241,10 +241,7 @@ class Pipeline:
         by message and the ones refused become dead letters, so one bad event
         never stops the collector."""
         delay = _RETRY_FIRST
-        try:
-            tables = batch.arrow()
-        except pa.ArrowException as exc:
-            tables = self._isolate(routed, result, str(exc))
+        isolated: dict[str, pa.Table] | None = None  # set once the good rows are stored
         if self.dead_letters is not None and not self.dead_letters.flush():
             # the topic copy is best effort; the table row (stored below) is the record
             log.warning("dead letters not confirmed on their topic; the table keeps them")
@@ -252,18 +249,23 @@ class Pipeline:
         try:
             while True:
                 try:
+                    tables = batch.arrow() if isolated is None else isolated
                     for table, data in tables.items():
                         self.store.insert_arrow(table, data)
                     self.metrics.store_up.set(1)
                     return True
-                except StoreError as exc:
-                    if _DATA_ERROR.search(str(exc)):
-                        tables = self._isolate(routed, result, str(exc))
-                        routed = []  # isolated: what is left to store are dead letters
-                        continue
+                except (StoreError, pa.ArrowException) as exc:
+                    error: Exception = exc
+                    refused = isinstance(exc, pa.ArrowException) or _DATA_ERROR.search(str(exc))
+                    if isolated is None and refused:
+                        try:
+                            isolated = self._isolate(batch, routed, result, str(exc))
+                            continue
+                        except StoreError as again:  # unavailable meanwhile: retry it all
+                            error = again
                     self.metrics.store_up.set(0)
                     self.metrics.insert_retries.inc()
-                    log.error("insert failed, will retry", error=str(exc), retry_in_s=delay)
+                    log.error("insert failed, will retry", error=str(error), retry_in_s=delay)
                     if not paused:
                         self._pause()
                         paused = True
@@ -274,11 +276,16 @@ class Pipeline:
             if paused:
                 self._resume()
 
-    def _isolate(self, routed: list[Routed], result: BatchResult, why: str) -> dict[str, pa.Table]:
-        """Store each message alone; return the dead-letter rows of those refused.
-        A transient failure here propagates (StoreError) to the retry loop."""
+    def _isolate(
+        self, batch: Batch, routed: list[Routed], result: BatchResult, why: str
+    ) -> dict[str, pa.Table]:
+        """Store each message alone; return the dead letters left to store: the
+        batch's own and those of the messages refused. A transient failure here
+        propagates (StoreError) to the retry loop, which isolates again."""
         log.error("store rejected the batch's data; storing message by message", error=why)
         refused = Batch()
+        for column, values in batch.columns.get("dead_letters", {}).items():
+            refused.table("dead_letters")[column].extend(values)
         for message, value, decoded in routed:
             single = Batch()
             route(single, decoded)

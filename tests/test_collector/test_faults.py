@@ -463,15 +463,18 @@ def test_data_the_store_refuses_becomes_a_dead_letter_not_a_stall(
     run_id = f"picky-{uuid.uuid4().hex[:8]}"
     poison = f"poison-{uuid.uuid4().hex[:8]}"
     good = _metrics(run_id, 20)
-    produce(kafka_bootstrap, topic, [*good[:10], *_metrics(poison, 1), *good[10:]])
+    junk = (b"j", b"not avro")  # a dead letter of the decode stage, in the same batch
+    produce(kafka_bootstrap, topic, [*good[:10], *_metrics(poison, 1), junk, *good[10:]])
     pipeline = pipeline_for(config, PickyStore(ch_store, poison))
-    run_until(pipeline, lambda: pipeline.totals.messages >= 21, timeout=60)
+    run_until(pipeline, lambda: pipeline.totals.messages >= 22, timeout=60)
     pipeline.consumer.close()
     assert _points(ch_store, run_id) == (80, 80)
     assert _points(ch_store, poison) == (0, 0)
     rows = ch_store.query(
-        "SELECT offset, reason FROM dead_letters FINAL WHERE topic = {t:String}", {"t": topic}
+        "SELECT offset, reason FROM dead_letters FINAL WHERE topic = {t:String} ORDER BY offset",
+        {"t": topic},
     )
-    assert [r["offset"] for r in rows] == [10]
-    assert "CANNOT_PARSE" in rows[0]["reason"]
-    assert sum(_committed(config, topic, 1)) == 21
+    assert [r["offset"] for r in rows] == [10, 11]
+    assert "CANNOT_PARSE" in rows[0]["reason"] and "single-object" in rows[1]["reason"]
+    assert pipeline.totals.dead_letters == 2
+    assert sum(_committed(config, topic, 1)) == 22

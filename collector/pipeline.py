@@ -29,6 +29,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,7 @@ _DATA_ERROR = re.compile(
     r"TOO_LARGE_STRING|CANNOT_INSERT_NULL|ILLEGAL_TYPE|ARGUMENT_OUT_OF_BOUND|ArrowInvalid"
 )
 Routed = tuple[Message, bytes, Decoded]
+Offsets = dict[tuple[str, int], int]  # (topic, partition) -> next offset to commit
 _LAG_EVERY_S = 5.0
 
 
@@ -102,11 +104,15 @@ class Pipeline:
     # collector_batch_max_rows whether messages carry 1 row or 10,000 points.
     _rows_per_message: float = 10_000.0
     _lag_labels: set[tuple[str, str]] = field(default_factory=set)
+    # The batch being inserted on the writer thread while the next one is consumed
+    # and decoded: (its insert attempt, batch, result, offsets, routed, start time).
+    _pending: tuple[Future[None], Batch, BatchResult, Offsets, list[Routed], float] | None = None
 
     def __post_init__(self) -> None:
         self.limits = Limits(
             self.config.collector_max_string_bytes, self.config.collector_max_future_s
         )
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="collector-insert")
 
     def run(self) -> None:
         self.subscribe()
@@ -114,7 +120,9 @@ class Pipeline:
         try:
             while not self.stop_event.is_set():
                 self.step()
+            self.flush()
         finally:
+            self._writer.shutdown(wait=True)
             self.consumer.close()
             if self.dead_letters is not None:
                 self.dead_letters.close()
@@ -133,19 +141,38 @@ class Pipeline:
         self.stop_event.set()
 
     def step(self) -> BatchResult:
+        """Consume and decode the next batch while the previous one is inserted on
+        the writer thread (chDB and the HTTP client release the GIL while they
+        work); then finish the previous one (commit) and start this one's insert.
+        Commits stay in batch order, each after its batch is stored."""
         messages = self.consumer.consume(
             num_messages=self._batch_messages(),
             timeout=self.config.collector_batch_max_seconds,
         )
         self._lag()
         if not messages:
+            self.flush()
             return BatchResult()
         batch, result, offsets, routed = self._decode(messages)
-        if not result.messages:
-            return result
-        started = time.monotonic()
-        if not self._insert(batch, routed, result):
-            return result  # stopping while the store is down: commit nothing
+        self.flush()
+        if result.messages:
+            attempt = self._writer.submit(self._insert_once, batch)
+            self._pending = (attempt, batch, result, offsets, routed, time.monotonic())
+        return result
+
+    def flush(self) -> bool:
+        """Finish the batch in flight: stored (retrying while the store is down) and
+        committed. False when stopping while the store is still down."""
+        if self._pending is None:
+            return True
+        attempt, batch, result, offsets, routed, started = self._pending
+        self._pending = None
+        try:
+            attempt.result()
+        except (StoreError, pa.ArrowException):  # the full loop: backoff, pause, isolate
+            if not self._insert(batch, routed, result):
+                return False  # stopping while the store is down: commit nothing
+        self.metrics.store_up.set(1)
         self.metrics.insert_seconds.observe(time.monotonic() - started)
         if self.after_insert is not None:
             self.after_insert(result)
@@ -155,7 +182,14 @@ class Pipeline:
         self._rows_per_message = 0.5 * self._rows_per_message + 0.5 * max(
             1.0, rows / result.messages
         )
-        return result
+        return True
+
+    def _insert_once(self, batch: Batch) -> None:
+        """One attempt, on the writer thread; touches neither the consumer nor retries."""
+        if self.dead_letters is not None:
+            self.dead_letters.flush()
+        for table, data in batch.arrow().items():
+            self.store.insert_arrow(table, data)
 
     def _batch_messages(self) -> int:
         by_rows = int(self.config.collector_batch_max_rows / self._rows_per_message)
@@ -163,9 +197,7 @@ class Pipeline:
 
     # -- decode ---------------------------------------------------------------------------
 
-    def _decode(
-        self, messages: list[Message]
-    ) -> tuple[Batch, BatchResult, dict[tuple[str, int], int], list[Routed]]:
+    def _decode(self, messages: list[Message]) -> tuple[Batch, BatchResult, Offsets, list[Routed]]:
         batch = Batch()
         result = BatchResult()
         offsets: dict[tuple[str, int], int] = {}

@@ -9,6 +9,7 @@ pipeline in one process never double-registers.
 
 from __future__ import annotations
 
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["CollectorMetrics"]
@@ -75,11 +76,37 @@ class CollectorMetrics:
             registry=r,
         )
         self.store_up.set(1)
+        self._lagging: set[tuple[str, str]] = set()
         self.paused = Gauge(
             "traintrail_collector_paused",
             "1 while consumption is paused waiting for the store.",
             registry=r,
         )
+
+    def update_lag(self, consumer: Consumer) -> None:
+        """Lag per assigned partition: high watermark (as of the last fetch) minus
+        position; partitions without a position yet are left out."""
+        try:
+            assignment = consumer.assignment()
+            positions = consumer.position(assignment) if assignment else []
+        except KafkaException:
+            return
+        for tp in positions:
+            try:
+                _low, high = consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high >= 0 and tp.offset >= 0:
+                self._lagging.add((tp.topic, str(tp.partition)))
+                self.lag.labels(tp.topic, str(tp.partition)).set(high - tp.offset)
+
+    def forget_lag(self, partitions: list[TopicPartition]) -> None:
+        """Partitions revoked: their lag is another process's to report now."""
+        for tp in partitions:
+            labels = (tp.topic, str(tp.partition))
+            if labels in self._lagging:
+                self._lagging.discard(labels)
+                self.lag.remove(*labels)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -38,6 +38,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from collector.config import CollectorConfig
+from collector.consumer import make_consumer
 from collector.deadletters import DeadLetters
 from collector.errors import StoreError
 from collector.metrics import CollectorMetrics
@@ -59,24 +60,6 @@ _DATA_ERROR = re.compile(
 Routed = tuple[Message, bytes, Decoded]
 Offsets = dict[tuple[str, int], int]  # (topic, partition) -> next offset to commit
 _LAG_EVERY_S = 5.0
-
-
-def make_consumer(config: CollectorConfig, **extra: Any) -> Consumer:
-    settings: dict[str, Any] = {
-        "bootstrap.servers": config.kafka_bootstrap,
-        "group.id": config.collector_group_id,
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "session.timeout.ms": config.collector_session_timeout_ms,
-        "partition.assignment.strategy": "cooperative-sticky",
-        # Only messages of committed transactions and idempotent producers.
-        "isolation.level": "read_committed",
-        # Large batches: fetch a lot per request (points are packed per message).
-        "fetch.max.bytes": 64 * 1024 * 1024,
-        "max.partition.fetch.bytes": 16 * 1024 * 1024,
-    }
-    settings.update(extra)
-    return Consumer(settings)
 
 
 @dataclass
@@ -103,7 +86,6 @@ class Pipeline:
     # Rows per message seen lately: sizes the next consume so a batch stays near
     # collector_batch_max_rows whether messages carry 1 row or 10,000 points.
     _rows_per_message: float = 10_000.0
-    _lag_labels: set[tuple[str, str]] = field(default_factory=set)
     # The batch being inserted on the writer thread while the next one is consumed
     # and decoded: (its insert attempt, batch, result, offsets, routed, start time).
     _pending: tuple[Future[None], Batch, BatchResult, Offsets, list[Routed], float] | None = None
@@ -387,37 +369,19 @@ class Pipeline:
         log.info("partitions assigned", partitions=_names(partitions))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Every batch is committed before the next consume, so nothing is held for
-        # these partitions, except inside _insert while the store is down: that
-        # batch is stored on recovery and committed only for partitions still ours.
-        for tp in partitions:
-            labels = (tp.topic, str(tp.partition))
-            if labels in self._lag_labels:
-                self._lag_labels.discard(labels)
-                self.metrics.lag.remove(*labels)
+        # A batch may be in flight (on the writer thread, or waiting for the store):
+        # it is stored, then committed only for partitions still ours; the new owner
+        # reads the rest again from the last commit, and FINAL hides the copy.
+        self.metrics.forget_lag(partitions)
         log.info("partitions revoked", partitions=_names(partitions))
 
     # -- bookkeeping ------------------------------------------------------------------------
 
     def _lag(self) -> None:
         now = time.monotonic()
-        if now - self._lag_at < _LAG_EVERY_S:
-            return
-        self._lag_at = now
-        try:
-            assignment = self.consumer.assignment()
-            positions = self.consumer.position(assignment) if assignment else []
-        except KafkaException:
-            return
-        for tp in positions:
-            try:
-                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-            except KafkaException:
-                continue
-            if high < 0 or tp.offset < 0:
-                continue
-            self._lag_labels.add((tp.topic, str(tp.partition)))
-            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(high - tp.offset)
+        if now - self._lag_at >= _LAG_EVERY_S:
+            self._lag_at = now
+            self.metrics.update_lag(self.consumer)
 
     def _count(self, result: BatchResult) -> None:
         self.totals.messages += result.messages

@@ -12,9 +12,10 @@ from confluent_kafka import Producer
 from collector.config import CollectorConfig, load_config
 from collector.pipeline import Pipeline, make_consumer
 from collector.store import Store
+from collector.topics import ensure_topics
 from schemas import default_registry
 
-__all__ = ["config_for", "pipeline_for", "produce", "run_until"]
+__all__ = ["config_for", "pipeline_for", "produce", "run_until", "training_topic"]
 
 
 def config_for(bootstrap: str, **overrides: Any) -> CollectorConfig:
@@ -29,6 +30,15 @@ def config_for(bootstrap: str, **overrides: Any) -> CollectorConfig:
         **overrides,
     }
     return load_config(None, **settings)
+
+
+def training_topic(
+    bootstrap: str, partitions: int = 1, **overrides: Any
+) -> tuple[CollectorConfig, str]:
+    """A private config with its topics created; the training topic's name."""
+    config = config_for(bootstrap, **overrides)
+    ensure_topics(bootstrap, config.topics(), partitions, 1)
+    return config, f"{config.kafka_topic_prefix}.training"
 
 
 def pipeline_for(

@@ -25,7 +25,7 @@ from collector.validate import Limits, validate
 from schemas import Registry, SchemaError, decode, default_registry, encode
 from tests.procs import CollectorProc, stack_env, wait_for
 from tests.samples import packed_points, record, registry_with_field
-from tests.test_collector.kit import config_for, pipeline_for, produce, run_until
+from tests.test_collector.kit import config_for, pipeline_for, produce, run_until, training_topic
 
 
 def _metrics(run_id: str, n: int, per: int = 4) -> list[tuple[bytes, bytes]]:
@@ -87,9 +87,7 @@ class FlakyStore(Store):
 def test_store_outage_pauses_commits_nothing_and_recovers(
     kafka_bootstrap: str, ch_store: Store
 ) -> None:
-    config = config_for(kafka_bootstrap, collector_retry_max_s=0.5)
-    ensure_topics(kafka_bootstrap, config.topics(), 2, 1)
-    topic = f"{config.kafka_topic_prefix}.training"
+    config, topic = training_topic(kafka_bootstrap, 2, collector_retry_max_s=0.5)
     run_id = f"outage-{uuid.uuid4().hex[:8]}"
     flaky = FlakyStore(ch_store)
     pipeline = pipeline_for(config, flaky)
@@ -133,9 +131,7 @@ def test_hung_collector_loses_its_partitions_and_each_event_is_seen_once(
     max.poll.interval, which redelivers the uncommitted batch: stored twice,
     seen once. (Two *processes* cannot share one chDB directory; the SIGKILL
     variant below runs where a ClickHouse server is available.)"""
-    config = config_for(kafka_bootstrap, collector_batch_max_messages=20)
-    ensure_topics(kafka_bootstrap, config.topics(), 4, 1)
-    topic = f"{config.kafka_topic_prefix}.training"
+    config, topic = training_topic(kafka_bootstrap, 4, collector_batch_max_messages=20)
     run_ids = [f"hang{i}-{uuid.uuid4().hex[:6]}" for i in range(8)]
     for run_id in run_ids:  # keys spread over the 4 partitions
         produce(kafka_bootstrap, topic, _metrics(run_id, 25))
@@ -299,9 +295,7 @@ def test_ten_thousand_fuzzed_messages_interleaved_with_good_ones(
     assert bad > 0.75 * len(fuzzed)  # most mutations break something (a flipped byte in
     # a string may not: those are good messages and must be stored)
 
-    config = config_for(kafka_bootstrap, collector_batch_max_messages=2000)
-    ensure_topics(kafka_bootstrap, config.topics(), 1, 1)
-    topic = f"{config.kafka_topic_prefix}.training"
+    config, topic = training_topic(kafka_bootstrap, collector_batch_max_messages=2000)
     run_id = f"fuzz-{uuid.uuid4().hex[:8]}"
     good = _metrics(run_id, 500)
     mixed: list[tuple[bytes, bytes]] = []
@@ -421,9 +415,7 @@ def test_kafka_init_is_idempotent_and_sets_retention(kafka_bootstrap: str) -> No
 def test_collector_metrics_report_rows_lag_and_dead_letters(
     kafka_bootstrap: str, ch_store: Store
 ) -> None:
-    config = config_for(kafka_bootstrap)
-    ensure_topics(kafka_bootstrap, config.topics(), 1, 1)
-    topic = f"{config.kafka_topic_prefix}.training"
+    config, topic = training_topic(kafka_bootstrap)
     produce(kafka_bootstrap, topic, [*_metrics(f"m-{uuid.uuid4().hex[:6]}", 30), (b"k", b"junk")])
     pipeline: Pipeline = pipeline_for(config, ch_store)
     run_until(pipeline, lambda: pipeline.totals.messages >= 31)
@@ -457,9 +449,7 @@ class PickyStore(Store):
 def test_data_the_store_refuses_becomes_a_dead_letter_not_a_stall(
     kafka_bootstrap: str, ch_store: Store
 ) -> None:
-    config = config_for(kafka_bootstrap)
-    ensure_topics(kafka_bootstrap, config.topics(), 1, 1)
-    topic = f"{config.kafka_topic_prefix}.training"
+    config, topic = training_topic(kafka_bootstrap)
     run_id = f"picky-{uuid.uuid4().hex[:8]}"
     poison = f"poison-{uuid.uuid4().hex[:8]}"
     good = _metrics(run_id, 20)

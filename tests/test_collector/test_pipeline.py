@@ -18,7 +18,7 @@ from collector.store import Store
 from collector.topics import ensure_topics
 from schemas import default_registry, encode
 from tests.samples import metrics_v1_record, record, registry_without
-from tests.test_collector.kit import config_for, pipeline_for, produce, run_until
+from tests.test_collector.kit import config_for, pipeline_for, produce, run_until, training_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -40,9 +40,7 @@ def _metrics_messages(run_id: str, n: int) -> list[tuple[bytes, bytes]]:
 def test_garbage_and_unknown_fingerprints_become_dead_letters(
     kafka_bootstrap: str, ch_store: Store
 ) -> None:
-    config = config_for(kafka_bootstrap)
-    ensure_topics(kafka_bootstrap, config.topics(), 1, 1)
-    topic = f"{config.kafka_topic_prefix}.training"
+    config, topic = training_topic(kafka_bootstrap)
     run_id = f"dl-{uuid.uuid4().hex[:8]}"
     good = _metrics_messages(run_id, 4)
     bad = [

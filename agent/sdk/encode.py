@@ -97,13 +97,8 @@ class Encoder:
         return lines
 
     def _metrics_events(self, entries: list[Entry]) -> list[tuple[int, str]]:
-        """Columnar Metrics events (JSON text) for consecutive log calls.
-
-        The encoding is written out here rather than by json.dumps: a log call's
-        points share their step and time, so those columns are one repeated
-        string per call, and a call with the same names as an earlier one
-        reuses its name_idx text. What is left per point is float() and repr().
-        """
+        """Metrics events (JSON text, packed columns) for consecutive log calls,
+        at most MAX_POINTS_PER_EVENT points each; a single larger call is split."""
         out: list[tuple[int, str]] = []
         pending: list[Entry] = []
         count = 0

@@ -1,0 +1,196 @@
+"""Streaming detectors over one metric series: spikes, non-finite values, divergence.
+
+Issue 7's first step: the detection logic alone, as plain objects fed one
+point at a time, with state bounded by a window. Wiring them to the
+collector's stream, alert sinks and restarts comes next.
+
+A loss spike is judged against a robust baseline: the median of the last
+`window` finite points and their median absolute deviation (MAD), so one
+earlier spike or a noisy mini-batch does not move the baseline the way a mean
+and standard deviation would. A point is a spike when it is at least `z`
+scaled MADs above the median AND above it by `min_rel` (relative) and
+`min_abs` (absolute): all three, so a flat, quiet curve (MAD near zero) does
+not alert on tiny wiggles. Nothing is judged during `warmup` points. One
+finding opens an episode; the next point back under the threshold closes it
+(a `resolved` finding), so a spike lasting 50 steps is one alert.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["DivergenceConfig", "Finding", "SeriesDetector", "SpikeConfig"]
+
+_MAD_SCALE = 1.4826  # MAD -> standard deviation for normal noise
+
+
+@dataclass(frozen=True)
+class SpikeConfig:
+    window: int = 64
+    warmup: int = 32
+    z: float = 8.0
+    min_rel: float = 0.5
+    min_abs: float = 0.0
+
+
+@dataclass(frozen=True)
+class DivergenceConfig:
+    """A sustained rise: the median of the latest `window // 4` points exceeds the
+    lowest median seen over earlier such blocks by `min_rel`, for `blocks` blocks
+    in a row."""
+
+    window: int = 200
+    min_rel: float = 0.5
+    blocks: int = 2
+
+
+@dataclass(frozen=True)
+class Finding:
+    detector: str  # "spike", "nonfinite", "divergence"
+    state: str  # "firing" or "resolved"
+    step: int
+    value: float
+    baseline: float
+    message: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class SeriesDetector:
+    """Detectors for one (run, metric) series; `update` returns what changed."""
+
+    def __init__(
+        self,
+        metric: str,
+        spike: SpikeConfig | None = None,
+        divergence: DivergenceConfig | None = None,
+    ) -> None:
+        self.metric = metric
+        self.spike = spike or SpikeConfig()
+        self.divergence = divergence
+        self._recent: deque[float] = deque(maxlen=self.spike.window)
+        self._seen = 0
+        self._open: set[str] = set()
+        self._block: list[float] = []
+        self._best_block: float = math.inf
+        self._rising = 0
+
+    def update(self, step: int, value: float) -> list[Finding]:
+        out: list[Finding] = []
+        if not math.isfinite(value):
+            if "nonfinite" not in self._open:
+                self._open.add("nonfinite")
+                out.append(
+                    self._finding(
+                        "nonfinite",
+                        "firing",
+                        step,
+                        value,
+                        math.nan,
+                        f"{self.metric} is {value} at step {step}",
+                    )
+                )
+            return out
+        if "nonfinite" in self._open:
+            self._open.discard("nonfinite")
+            out.append(
+                self._finding(
+                    "nonfinite",
+                    "resolved",
+                    step,
+                    value,
+                    math.nan,
+                    f"{self.metric} finite again at step {step}",
+                )
+            )
+        out += self._spike(step, value)
+        if self.divergence is not None:
+            out += self._diverge(step, value, self.divergence)
+        return out
+
+    def _spike(self, step: int, value: float) -> list[Finding]:
+        cfg = self.spike
+        out: list[Finding] = []
+        self._seen += 1
+        if self._seen > cfg.warmup and len(self._recent) >= min(cfg.window, cfg.warmup):
+            median = statistics.median(self._recent)
+            mad = statistics.median(abs(v - median) for v in self._recent) * _MAD_SCALE
+            threshold = max(
+                median + cfg.z * mad, median + cfg.min_rel * abs(median), median + cfg.min_abs
+            )
+            if value > threshold:
+                if "spike" not in self._open:
+                    self._open.add("spike")
+                    out.append(
+                        self._finding(
+                            "spike",
+                            "firing",
+                            step,
+                            value,
+                            median,
+                            f"{self.metric} jumped to {value:.4g} at step {step} "
+                            f"(recent median {median:.4g}, threshold {threshold:.4g})",
+                        )
+                    )
+                return out  # a spike does not enter the baseline
+            if "spike" in self._open:
+                self._open.discard("spike")
+                out.append(
+                    self._finding(
+                        "spike",
+                        "resolved",
+                        step,
+                        value,
+                        median,
+                        f"{self.metric} back to {value:.4g} at step {step}",
+                    )
+                )
+        self._recent.append(value)
+        return out
+
+    def _diverge(self, step: int, value: float, cfg: DivergenceConfig) -> list[Finding]:
+        self._block.append(value)
+        if len(self._block) < max(1, cfg.window // 4):
+            return []
+        block = statistics.median(self._block)
+        self._block = []
+        out: list[Finding] = []
+        rising = math.isfinite(self._best_block) and block > self._best_block * (1 + cfg.min_rel)
+        self._rising = self._rising + 1 if rising else 0
+        if self._rising >= cfg.blocks and "divergence" not in self._open:
+            self._open.add("divergence")
+            out.append(
+                self._finding(
+                    "divergence",
+                    "firing",
+                    step,
+                    value,
+                    self._best_block,
+                    f"{self.metric} has risen for {self._rising} blocks: median {block:.4g} "
+                    f"against a best of {self._best_block:.4g}",
+                )
+            )
+        elif not rising and "divergence" in self._open:
+            self._open.discard("divergence")
+            out.append(
+                self._finding(
+                    "divergence",
+                    "resolved",
+                    step,
+                    value,
+                    self._best_block,
+                    f"{self.metric} no longer rising at step {step}",
+                )
+            )
+        self._best_block = min(self._best_block, block)
+        return out
+
+    def _finding(
+        self, detector: str, state: str, step: int, value: float, baseline: float, message: str
+    ) -> Finding:
+        config = self.divergence if detector == "divergence" else self.spike
+        params = asdict(config) if config is not None else {}
+        return Finding(detector, state, step, value, baseline, message, params)

@@ -23,7 +23,16 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["DivergenceConfig", "Finding", "SeriesDetector", "SpikeConfig"]
+__all__ = [
+    "GRAD_SPIKE",
+    "DivergenceConfig",
+    "Finding",
+    "SeriesDetector",
+    "SpikeConfig",
+    "StallConfig",
+    "StallDetector",
+    "spike_config_for",
+]
 
 _MAD_SCALE = 1.4826  # MAD -> standard deviation for normal noise
 
@@ -35,6 +44,24 @@ class SpikeConfig:
     z: float = 8.0
     min_rel: float = 0.5
     min_abs: float = 0.0
+
+
+# Gradient norms are heavier-tailed than losses: the same mechanism, wider bounds.
+GRAD_SPIKE = SpikeConfig(window=64, warmup=32, z=10.0, min_rel=2.0)
+
+
+def spike_config_for(metric: str, default: SpikeConfig | None = None) -> SpikeConfig:
+    """Gradient-norm metrics (a name containing "grad") get GRAD_SPIKE."""
+    return GRAD_SPIKE if "grad" in metric.lower() else (default or SpikeConfig())
+
+
+@dataclass(frozen=True)
+class StallConfig:
+    """A run stalls when no step arrives for `factor` times its usual step interval
+    (an EWMA of the gaps) and at least `min_s` seconds."""
+
+    factor: float = 10.0
+    min_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -194,3 +221,47 @@ class SeriesDetector:
         config = self.divergence if detector == "divergence" else self.spike
         params = asdict(config) if config is not None else {}
         return Finding(detector, state, step, value, baseline, message, params)
+
+
+class StallDetector:
+    """One run's step cadence; `check(now)` fires once per stall, resolves on a step."""
+
+    def __init__(self, run_id: str, config: StallConfig | None = None) -> None:
+        self.run_id = run_id
+        self.config = config or StallConfig()
+        self._last: tuple[int, float] | None = None  # (step, when it arrived, s)
+        self._gap: float | None = None  # EWMA of seconds between new steps
+        self._stalled = False
+
+    def observe(self, step: int, at_s: float) -> list[Finding]:
+        out: list[Finding] = []
+        if self._last is not None and step > self._last[0]:
+            gap = max(0.0, at_s - self._last[1])
+            self._gap = gap if self._gap is None else 0.8 * self._gap + 0.2 * gap
+        if self._last is None or step > self._last[0]:
+            self._last = (step, at_s)
+            if self._stalled:
+                self._stalled = False
+                out.append(self._finding("resolved", step, f"run {self.run_id} stepping again"))
+        return out
+
+    def check(self, now_s: float) -> list[Finding]:
+        if self._last is None or self._gap is None or self._stalled:
+            return []
+        silent = now_s - self._last[1]
+        limit = max(self.config.factor * self._gap, self.config.min_s)
+        if silent <= limit:
+            return []
+        self._stalled = True
+        return [
+            self._finding(
+                "firing",
+                self._last[0],
+                f"run {self.run_id} has not reported a step for {silent:.0f} s "
+                f"(usually every {self._gap:.3g} s; last step {self._last[0]})",
+            )
+        ]
+
+    def _finding(self, state: str, step: int, message: str) -> Finding:
+        gap = self._gap if self._gap is not None else math.nan
+        return Finding("stall", state, step, math.nan, gap, message, asdict(self.config))

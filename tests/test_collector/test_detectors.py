@@ -5,7 +5,13 @@ from __future__ import annotations
 import math
 import random
 
-from collector.detectors import DivergenceConfig, SeriesDetector
+from collector.detectors import (
+    DivergenceConfig,
+    SeriesDetector,
+    StallConfig,
+    StallDetector,
+    spike_config_for,
+)
 
 
 def _loss(step: int, rng: random.Random) -> float:
@@ -50,3 +56,25 @@ def test_a_sustained_rise_is_divergence_not_a_spike_storm() -> None:
     assert ("divergence", "firing") in {(d, s) for d, s, _ in firing}
     step = next(s for d, st, s in firing if d == "divergence")
     assert 1500 < step < 1800
+
+
+def test_gradient_norms_use_wider_bounds() -> None:
+    rng = random.Random(4)
+    norms = [rng.lognormvariate(0, 0.3) for _ in range(3000)]  # ±30 %: no explosion
+    assert _run(norms, spike=spike_config_for("grad_norm")) == []
+    norms[2000] = 50.0
+    assert _run(norms, spike=spike_config_for("grad_norm"))[0] == ("spike", "firing", 2000)
+
+
+def test_stall_fires_once_after_the_runs_own_cadence_and_resolves() -> None:
+    stall = StallDetector("r1", StallConfig(factor=10.0, min_s=5.0))
+    for step in range(100):
+        assert stall.observe(step, step * 0.5) == []  # a step every 0.5 s
+    last = 99 * 0.5
+    assert stall.check(last + 4.9) == []  # under min_s
+    fired = stall.check(last + 5.1)
+    assert [(f.detector, f.state, f.step) for f in fired] == [("stall", "firing", 99)]
+    assert stall.check(last + 60) == []  # one alert per stall
+    back = stall.observe(100, last + 61)
+    assert [(f.detector, f.state) for f in back] == [("stall", "resolved")]
+    assert stall.observe(100, last + 62) == []  # a repeated step is not progress

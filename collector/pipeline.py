@@ -168,9 +168,13 @@ class Pipeline:
 
     def _insert_once(self, batch: Batch) -> None:
         """One attempt, on the writer thread; touches neither the consumer nor retries."""
-        if self.dead_letters is not None:
-            self.dead_letters.flush()
-        for table, data in batch.arrow().items():
+        if self.dead_letters is not None and not self.dead_letters.flush():
+            # the topic copy is best effort; the table row (stored below) is the record
+            log.warning("dead letters not confirmed on their topic; the table keeps them")
+        self._store(batch.arrow())
+
+    def _store(self, tables: dict[str, pa.Table]) -> None:
+        for table, data in tables.items():
             self.store.insert_arrow(table, data)
 
     def _batch_messages(self) -> int:
@@ -256,16 +260,11 @@ class Pipeline:
         never stops the collector."""
         delay = _RETRY_FIRST
         isolated: dict[str, pa.Table] | None = None  # set once the good rows are stored
-        if self.dead_letters is not None and not self.dead_letters.flush():
-            # the topic copy is best effort; the table row (stored below) is the record
-            log.warning("dead letters not confirmed on their topic; the table keeps them")
         paused = False
         try:
             while True:
                 try:
-                    tables = batch.arrow() if isolated is None else isolated
-                    for table, data in tables.items():
-                        self.store.insert_arrow(table, data)
+                    self._store(batch.arrow() if isolated is None else isolated)
                     self.metrics.store_up.set(1)
                     return True
                 except (StoreError, pa.ArrowException) as exc:
@@ -304,8 +303,7 @@ class Pipeline:
             single = Batch()
             route(single, decoded)
             try:
-                for table, data in single.arrow().items():
-                    self.store.insert_arrow(table, data)
+                self._store(single.arrow())
             except (StoreError, pa.ArrowException) as exc:
                 if isinstance(exc, StoreError) and not _DATA_ERROR.search(str(exc)):
                     raise

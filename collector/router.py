@@ -52,8 +52,7 @@ class Batch:
         return list(dict.fromkeys([*self.columns, *self.parts]))
 
     def rows(self, name: str) -> int:
-        cols = self.columns.get(name)
-        listed = len(next(iter(cols.values()))) if cols else 0
+        listed = _length(self.columns.get(name, {}))
         return listed + sum(int(t.num_rows) for t in self.parts.get(name, ()))
 
     def arrow(self) -> dict[str, pa.Table]:
@@ -61,7 +60,7 @@ class Batch:
         for name in self.names():
             cols = self.columns.get(name)
             tables = list(self.parts.get(name, ()))
-            if cols and len(next(iter(cols.values()))):
+            if cols and _length(cols):
                 tables.insert(0, pa.table(cols, schema=TABLES[name]))
             if len(tables) == 1:
                 out[name] = tables[0]

@@ -7,7 +7,10 @@ power loss is detected and cut, never misread. A segment is deleted once
 every record in it is delivered and a newer segment exists.
 
 Records are read back lazily by position (`read`), so a spool of gigabytes
-during a long Kafka outage costs disk, not memory.
+during a long Kafka outage costs disk, not memory. The newest records not
+yet read are also held in memory up to `memory_bytes`, so when Kafka keeps
+up the shipper takes them from there instead of reading and checking back
+what was just written (the disk copy stays the durable one).
 
 The spool is bounded (`max_bytes`). When a batch does not fit, the policy
 decides: `refuse` raises `SpoolFullError` (nothing is dropped; the sender
@@ -25,6 +28,7 @@ import os
 import struct
 import threading
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,10 +84,13 @@ class SpoolStats:
     torn_bytes_cut: int
 
 
-def _frame(topic: str, key: bytes, value: bytes) -> bytes:
+def _frame(topic: str, key: bytes, value: bytes) -> tuple[bytes, bytes]:
+    """The frame as (header and prefix, value): a value of megabytes is
+    checksummed and written where it is, never copied into a new buffer."""
     t = topic.encode()
-    payload = _U16.pack(len(t)) + t + _U16.pack(len(key)) + key + value
-    return _HEAD.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
+    prefix = _U16.pack(len(t)) + t + _U16.pack(len(key)) + key
+    crc = zlib.crc32(value, zlib.crc32(prefix))
+    return _HEAD.pack(_MAGIC, len(prefix) + len(value), crc) + prefix, value
 
 
 def _unframe(payload: bytes) -> tuple[str, bytes, bytes]:
@@ -121,6 +128,7 @@ class Spool:
         max_bytes: int = 2 * 1024**3,
         overflow: Overflow = "refuse",
         before_trim: Callable[[], None] | None = None,
+        memory_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.directory = Path(directory)
         self.segment_bytes = segment_bytes
@@ -132,7 +140,8 @@ class Spool:
         self.before_trim = before_trim
         # Called after each append, e.g. to wake the shipper.
         self.on_append: Callable[[], None] | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # segment and rid bookkeeping: held briefly
+        self._write_lock = threading.Lock()  # the file: held across write and fsync
         self._segments: list[_Segment] = []
         self._next_rid = 0
         self._fh: BinaryIO | None = None
@@ -140,6 +149,10 @@ class Spool:
         self._dropped = 0
         self._refused = 0
         self._read_hint: tuple[int, Path, int] | None = None  # (rid, segment, byte offset)
+        # Appended, not yet read: contiguous rids, oldest first.
+        self.memory_bytes = memory_bytes
+        self._unread: deque[Record] = deque()
+        self._unread_bytes = 0
 
     # -- start ---------------------------------------------------------------
 
@@ -177,30 +190,61 @@ class Spool:
         Raises SpoolFullError (policy `refuse`) or SpoolError (disk)."""
         if not entries:
             return []
-        blob = b"".join(_frame(t, k, v) for t, k, v in entries)
-        with self._lock:
-            self._make_room(len(blob))
-            seg = self._segments[-1]
-            if seg.size >= self.segment_bytes:
-                self._roll()
-                self._trim()
+        pieces = [piece for t, k, v in entries for piece in _frame(t, k, v)]
+        size = sum(len(p) for p in pieces)
+        with self._write_lock:  # one writer at a time; acks and reads go on meanwhile
+            with self._lock:
+                self._make_room(size)
                 seg = self._segments[-1]
-            fh = self._fh
-            assert fh is not None
+                if seg.size >= self.segment_bytes:
+                    self._roll()
+                    self._trim()
+                    seg = self._segments[-1]
+                fh = self._fh
+                assert fh is not None
             try:
-                fh.write(blob)
+                fh.writelines(pieces)
                 fh.flush()
                 if self.fsync:
                     os.fsync(fh.fileno())
             except OSError as exc:
                 raise SpoolError(f"spool append to {seg.path.name}: {exc}") from exc
-            first = self._next_rid
-            self._next_rid += len(entries)
-            seg.size += len(blob)
-            seg.count += len(entries)
+            with self._lock:  # only now do readers see the records
+                first = self._next_rid
+                self._next_rid += len(entries)
+                seg.size += size
+                seg.count += len(entries)
+                self._keep_unread(first, entries)
         if self.on_append is not None:
             self.on_append()
         return list(range(first, first + len(entries)))
+
+    def _keep_unread(self, first: int, entries: list[tuple[str, bytes, bytes]]) -> None:
+        if self._unread and self._unread[-1].rid != first - 1:
+            self._unread.clear()  # not contiguous (cannot happen; stay safe)
+            self._unread_bytes = 0
+        for i, (topic, key, value) in enumerate(entries):
+            self._unread.append(Record(first + i, topic, key, value))
+            self._unread_bytes += len(value)
+        while self._unread_bytes > self.memory_bytes and self._unread:
+            self._unread_bytes -= len(self._unread.popleft().value)  # read from disk later
+
+    def _take_unread(self, cursor: int, max_records: int) -> list[Record] | None:
+        """The records from `cursor` on if memory holds them, else None."""
+        while self._unread and self._unread[0].rid < cursor:
+            self._unread_bytes -= len(self._unread.popleft().value)
+        if not self._unread or self._unread[0].rid != cursor:
+            return None
+        out: list[Record] = []
+        seg = None
+        while self._unread and len(out) < max_records:
+            record = self._unread.popleft()
+            self._unread_bytes -= len(record.value)
+            if seg is None or record.rid >= seg.first_rid + seg.count:
+                seg = self._segment_of(record.rid)
+            if seg is not None and record.rid not in seg.acked:
+                out.append(record)  # (acked unread only when acks skip the shipper)
+        return out
 
     def _make_room(self, need: int) -> None:
         if need > self.max_bytes:
@@ -283,6 +327,9 @@ class Spool:
             if cursor >= self._next_rid:
                 return [], cursor  # nothing new: the idle shipper's common case, no I/O
             cursor = max(cursor, self._segments[0].first_rid if self._segments else cursor)
+            unread = self._take_unread(cursor, max_records)
+            if unread is not None:
+                return unread, (self._unread[0].rid if self._unread else self._next_rid)
             seg = self._segment_of(cursor)
             if seg is None:
                 return [], cursor
@@ -334,7 +381,7 @@ class Spool:
             )
 
     def close(self) -> None:
-        with self._lock:
+        with self._write_lock, self._lock:
             if self._fh is not None:
                 self._fh.close()
                 self._fh = None

@@ -118,6 +118,62 @@ class TestTrim:
         assert values <= {r.value for r in survivors}
 
 
+class TestUnreadInMemory:
+    """Records not yet read are served from memory; whatever the memory cap,
+    a reader sees exactly what a reader of the disk copy sees."""
+
+    @pytest.mark.parametrize("memory_bytes", [0, 40, 1 << 20])
+    def test_reads_match_what_was_appended(self, tmp_path: Path, memory_bytes: int) -> None:
+        """A shipper's life in random order: appends, reads, acks of what it
+        read, producer rebuilds (read again from the oldest record)."""
+        import random
+
+        rng = random.Random(memory_bytes)
+        spool = Spool(tmp_path, segment_bytes=300, memory_bytes=memory_bytes)
+        spool.open()
+        appended: list[bytes] = []
+        read: list[Record] = []
+        acked: set[int] = set()
+        cursor, since, rereads = 0, 0, 0  # read == what a reset re-read + all since
+        for _ in range(400):
+            action = rng.random()
+            if action < 0.45:
+                entries = _entries(rng.randint(1, 4), len(appended))
+                spool.append(entries)
+                appended += [e[2] for e in entries]
+            elif action < 0.85:
+                records, cursor = spool.read(cursor, rng.randint(1, 5))
+                read += records
+            elif action < 0.97 and read:
+                rid = rng.choice(read).rid
+                spool.ack(rid)
+                acked.add(rid)
+            else:  # rebuild: everything not acked comes again, in order
+                cursor = spool.first_rid()
+                again: list[Record] = []
+                while cursor < len(appended):  # a read past acked records may be empty
+                    records, cursor = spool.read(cursor, rng.randint(1, 5))
+                    again += records
+                assert [r.rid for r in again] == [
+                    rid for rid in range(len(appended)) if rid not in acked
+                ]
+                read, since, rereads = again, len(appended), len(again)
+        while cursor < len(appended):
+            records, cursor = spool.read(cursor, 10_000)
+            read += records
+        assert [r.rid for r in read[rereads:]] == list(range(since, len(appended)))
+        assert [r.value for r in read[rereads:]] == appended[since:]
+
+    def test_memory_copy_is_bounded(self, tmp_path: Path) -> None:
+        spool = Spool(tmp_path, memory_bytes=1000)
+        spool.open()
+        for i in range(100):
+            spool.append(_entries(10, i * 10))
+        assert spool._unread_bytes <= 1000
+        records, _ = spool.read(0, 10_000)
+        assert [r.value for r in records] == [e[2] for e in _entries(1000)]
+
+
 _WRITER = """
 import sys
 from pathlib import Path

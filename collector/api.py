@@ -63,6 +63,15 @@ def route(store: Store, path: str, params: dict[str, list[str]]) -> Any:
             return queries.metric_series(
                 store, run_id, name, _int(params, "limit", 100_000), _int(params, "every", 1)
             )
+        case ["runs", run_id, "points"]:  # for `traintrail alerts test RUN`
+            return queries.run_points(store, run_id)
+        case ["alerts"]:
+            return queries.alerts(
+                store,
+                params.get("run_id", [""])[0],
+                params.get("state", [""])[0],
+                _int(params, "limit", 100),
+            )
         case ["lineage", sha256]:
             return queries.lineage(store, sha256)
         case ["dead-letters"]:

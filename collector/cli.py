@@ -109,8 +109,13 @@ def collector_run(config: CollectorConfig, ready_file: Path | None) -> None:
         else None
     )
     pipeline = Pipeline(
-        config, store, default_registry(), make_consumer(config), dead_letters=dead_letters
+        config,
+        store,
+        default_registry(),
+        make_consumer(config),
+        dead_letters=dead_letters,
     )
+    pipeline.alerting = alerting(config, store, pipeline.metrics.alerts)
     api = start_api(store, config.api_host, config.api_port, metrics=pipeline.metrics.render)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -377,6 +382,11 @@ def schemas_check(_config: CollectorConfig, root: Path | None) -> None:
             click.echo(f"incompatible: {problem}", err=True)
         raise click.ClickException(f"{len(problems)} incompatible change(s)")
     click.echo(f"ok: {len(registry.versions)} types, {versions} versions, all resolvable")
+
+
+from collector.cli_alerts import alerting, alerts  # noqa: E402 (it uses the helpers above)
+
+cli.add_command(alerts)
 
 
 def main() -> None:

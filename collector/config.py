@@ -66,6 +66,50 @@ class CollectorConfig:
     collector_dead_letter_topic: bool = setting(
         True, "Also publish dead letters (raw bytes, reason headers) to <prefix>.dead-letters."
     )
+    alerts_enabled: bool = setting(True, "Run the detectors on the stream and raise alerts.")
+    alerts_metrics: str = setting(
+        "loss*,*grad_norm*,*grad-norm*",
+        "Metric name globs (comma-separated) watched for spikes and divergence (gradient "
+        "norms: spikes only); every metric is checked for NaN/Inf.",
+    )
+    alerts_spike_window: int = setting(64, "Points in the robust (median/MAD) baseline.")
+    alerts_spike_warmup: int = setting(32, "Points of a series before spikes are judged.")
+    alerts_spike_z: float = setting(8.0, "A spike is this many scaled MADs above the median...")
+    alerts_spike_min_rel: float = setting(0.5, "...and this fraction above it (0.5: +50 %)...")
+    alerts_spike_min_abs: float = setting(0.0, "...and this much above it in absolute terms.")
+    alerts_grad_z: float = setting(10.0, "Spike z for gradient-norm metrics (heavier tails).")
+    alerts_grad_min_rel: float = setting(2.0, "Spike relative jump for gradient-norm metrics.")
+    alerts_divergence: bool = setting(True, "Raise an alert on a sustained rise of a loss.")
+    alerts_divergence_window: int = setting(
+        200, "Points per divergence judgement (medians of quarter-window blocks)."
+    )
+    alerts_stall_factor: float = setting(
+        10.0, "A run stalls when silent this many times its usual step interval..."
+    )
+    alerts_stall_min_s: float = setting(60.0, "...and at least this many seconds.")
+    alerts_throttle_hold_s: float = setting(
+        60.0, "Thermal/power throttling held this long is an alert."
+    )
+    alerts_idle_hold_s: float = setting(
+        120.0, "A GPU a run holds, under 5 % utilization this long, is an alert."
+    )
+    alerts_node_silent_s: float = setting(
+        120.0, "A node sending no samples for this long is an alert."
+    )
+    alerts_cooldown_s: float = setting(
+        300.0, "After an episode resolves, the same run/metric/detector stays quiet this long."
+    )
+    alerts_webhook_url: str = setting("", "POST each alert here (empty: no webhook).")
+    alerts_webhook_format: str = setting(
+        "json", "json (the alert's fields) or slack (a Slack incoming-webhook message)."
+    )
+    alerts_webhook_timeout_s: float = setting(5.0, "Per webhook request.")
+    alerts_webhook_retry_max_s: float = setting(
+        60.0, "Backoff cap between webhook retries; an alert is retried until this much..."
+    )
+    alerts_webhook_give_up_s: float = setting(
+        900.0, "...after this long it is dropped from the webhook (the table and topic keep it)."
+    )
     api_host: str = setting("127.0.0.1", "Read-only query API address (every collector serves it).")
     api_port: int = setting(8787, "Read-only query API port; 0 picks a free one.")
     api_url: str = setting(

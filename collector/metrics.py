@@ -36,6 +36,9 @@ class CollectorMetrics:
             ["error_type"],
             registry=r,
         )
+        self.alerts = Counter(
+            "traintrail_collector_alerts", "Alerts raised or resolved by the detectors.", registry=r
+        )
         self.insert_retries = Counter(
             "traintrail_collector_insert_retries",
             "Failed insert attempts retried (store unavailable or refusing).",

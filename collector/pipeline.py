@@ -37,6 +37,7 @@ import pyarrow as pa
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from collector.alerting import Alerting
 from collector.config import CollectorConfig
 from collector.consumer import make_consumer
 from collector.deadletters import DeadLetters
@@ -81,6 +82,7 @@ class Pipeline:
     totals: BatchResult = field(default_factory=BatchResult)
     metrics: CollectorMetrics = field(default_factory=CollectorMetrics)
     dead_letters: DeadLetters | None = None
+    alerting: Alerting | None = None  # detectors and where their alerts go
     _kafka_down: bool = False
     _lag_at: float = 0.0
     # Rows per message seen lately: sizes the next consume so a batch stays near
@@ -108,6 +110,8 @@ class Pipeline:
             self.consumer.close()
             if self.dead_letters is not None:
                 self.dead_letters.close()
+            if self.alerting is not None:
+                self.alerting.close()
             log.info("collector stopped", **_summary(self.totals))
 
     def subscribe(self) -> None:
@@ -132,6 +136,8 @@ class Pipeline:
             timeout=self.config.collector_batch_max_seconds,
         )
         self._lag()
+        if self.alerting is not None:
+            self.alerting.tick()
         if not messages:
             self.flush()
             return BatchResult()
@@ -210,6 +216,11 @@ class Pipeline:
             except (SchemaError, InvalidEventError) as exc:
                 self._dead_letter(batch, message, value, exc)
                 result.dead_letters += 1
+                continue
+            if self.alerting is not None:
+                self.alerting.observe(decoded)
+        if self.alerting is not None:
+            self.alerting.emit()
         result.rows = {name: batch.rows(name) for name in batch.names()}
         self.metrics.batch_messages.observe(result.messages)
         self.metrics.batch_rows.observe(sum(result.rows.values()))

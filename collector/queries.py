@@ -15,13 +15,16 @@ from typing import Any
 from collector.store import Store
 
 __all__ = [
+    "alerts",
     "dead_letters",
     "jsonable",
     "lineage",
     "list_runs",
     "metric_series",
     "metric_summary",
+    "run_points",
     "show_run",
+    "watch_history",
 ]
 
 _LIST_RUNS = """
@@ -177,6 +180,72 @@ def dead_letters_raw(
             {"et": error_type, "t": topic, "limit": limit},
         )
     )
+
+
+_ALERTS = """
+SELECT event_time AS time, run_id, node, detector, metric, step, value, baseline,
+       severity, state, message, event_id
+FROM alerts FINAL
+WHERE ({run_id:String} = '' OR run_id = {run_id:String})
+  AND ({state:String} = '' OR state = {state:String})
+ORDER BY event_time DESC
+LIMIT {limit:UInt32}
+"""
+
+
+def alerts(
+    store: Store, run_id: str = "", state: str = "", limit: int = 100
+) -> list[dict[str, Any]]:
+    rows = store.query(_ALERTS, {"run_id": run_id, "state": state, "limit": limit}, readonly=True)
+    return _rows(rows)
+
+
+def run_points(store: Store, run_id: str, limit: int = 10_000_000) -> dict[str, list[Any]]:
+    """Every point of a run as columns, in step order: what `alerts test` replays."""
+    rows = store.query(
+        "SELECT name, step, toUnixTimestamp64Micro(time) AS time_us, value FROM metrics FINAL "
+        "WHERE run_id = {run_id:String} ORDER BY step, time, idx LIMIT {limit:UInt32}",
+        {"run_id": run_id, "limit": limit},
+    )
+    columns: dict[str, list[Any]] = jsonable(
+        {k: [row[k] for row in rows] for k in ("name", "step", "time_us", "value")}
+    )
+    return columns
+
+
+_RECENT_POINTS = """
+SELECT name, groupArray(step) AS steps, groupArray(value) AS values
+FROM (
+    SELECT name, step, value FROM metrics FINAL
+    WHERE run_id = {run_id:String} AND step < {before:Int64}
+    ORDER BY step DESC
+    LIMIT {points:UInt32} BY name
+)
+GROUP BY name
+"""
+
+_OPEN_EPISODES = """
+SELECT metric, detector, argMax(state, event_time) AS last_state,
+       max(if(state = 'resolved', event_time, NULL)) AS last_resolved
+FROM alerts FINAL
+WHERE run_id = {run_id:String}
+GROUP BY metric, detector
+"""
+
+
+def watch_history(
+    store: Store, run_id: str, before_step: int, points: int
+) -> tuple[dict[str, tuple[list[int], list[float]]], list[dict[str, Any]]]:
+    """What the detectors of a run need after a restart: each metric's last
+    `points` points before `before_step`, oldest first, and per (metric,
+    detector) the state of its last alert."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    params = {"run_id": run_id, "before": before_step, "points": points}
+    for row in store.query(_RECENT_POINTS, params):
+        pairs = sorted(zip(row["steps"], row["values"], strict=True))
+        series[row["name"]] = ([int(s) for s, _ in pairs], [float(v) for _, v in pairs])
+    episodes = store.query(_OPEN_EPISODES, {"run_id": run_id})
+    return series, episodes
 
 
 def _rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "alerts",
     "dead_letters",
     "lineage",
     "metric_points",
@@ -133,3 +134,9 @@ def lineage(runs: list[dict[str, Any]]) -> str:
 
 def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
+
+
+def alerts(rows: list[dict[str, Any]]) -> str:
+    return _table(
+        rows, ["time", "severity", "state", "detector", "run_id", "metric", "step", "message"]
+    )

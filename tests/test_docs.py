@@ -33,6 +33,8 @@ def test_every_setting_is_in_the_readme_with_its_default(cls: type) -> None:
         (collector_cli, ["metrics"]),
         (collector_cli, ["lineage"]),
         (collector_cli, ["dlq", "list"]),
+        (collector_cli, ["alerts", "list"]),
+        (collector_cli, ["alerts", "test"]),
         (collector_cli, ["dlq", "replay"]),
         (collector_cli, ["kafka", "init"]),
         (collector_cli, ["schemas", "check"]),

@@ -13,9 +13,19 @@ from collector.config import CollectorConfig, load_config
 from collector.pipeline import Pipeline, make_consumer
 from collector.store import Store
 from collector.topics import ensure_topics
-from schemas import default_registry
+from schemas import default_registry, encode
 
-__all__ = ["config_for", "pipeline_for", "produce", "run_until", "training_topic"]
+__all__ = [
+    "T0",
+    "config_for",
+    "curve_messages",
+    "pipeline_for",
+    "produce",
+    "run_until",
+    "training_topic",
+]
+
+T0 = 1_700_000_000_000_000  # curve time zero, µs; a step a second from there
 
 
 def config_for(bootstrap: str, **overrides: Any) -> CollectorConfig:
@@ -66,3 +76,26 @@ def run_until(pipeline: Pipeline, done: Callable[[], bool], timeout: float = 60.
     while not done():
         assert time.monotonic() < deadline, "pipeline did not get there in time"
         pipeline.step()
+
+
+def curve_messages(run_id: str, series: dict[str, Any], per: int = 100) -> list[bytes]:
+    """Encoded Metrics messages of `per` steps each carrying every named
+    series (equal-length sequences indexed by step), one second a step."""
+    from tests.samples import packed_points, record
+
+    reg = default_registry()
+    names = list(series)
+    n = len(next(iter(series.values())))
+    out = []
+    for first in range(0, n, per):
+        s, t, i, v = [], [], [], []
+        for step in range(first, min(first + per, n)):
+            for k, name in enumerate(names):
+                s.append(step)
+                t.append(T0 + step * 1_000_000)
+                i.append(k)
+                v.append(float(series[name][step]))
+        rec = record("Metrics", run_id, seq=first // per)
+        rec.update(names=names, **packed_points(s, t, i, v))
+        out.append(encode(reg, "Metrics", rec))
+    return out

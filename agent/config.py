@@ -27,6 +27,11 @@ class AgentConfig:
         "/tmp/traintrail/sdk-spool",  # noqa: S108 - documented default, same as the SDK's
         "Where SDKs spool while the agent is down; imported at agent start.",
     )
+    agent_alert_relay: bool = setting(
+        True,
+        "Relay the alerts of local runs from the alerts topic to their training processes "
+        "(the SDK's on_alert and stop_on).",
+    )
     agent_stop_timeout_s: float = setting(
         10.0, "On SIGTERM, how long to wait for Kafka to acknowledge; the rest stays spooled."
     )

@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from agent.alert_relay import AlertRelay
 from agent.config import AgentConfig, load_config
 from agent.envelope import Chain
 from agent.errors import SpoolFullError
@@ -134,7 +135,17 @@ class Agent:
             self.config.kafka_topic_prefix,
             runs=self.runs,
         )
-        self.socket = SdkSocketServer(self.config.agent_socket, self.ingest)
+        self.relay = (
+            AlertRelay(
+                self.config.kafka_bootstrap,
+                self.config.kafka_topic_prefix,
+                self.registry,
+                self.node,
+            )
+            if self.config.agent_alert_relay
+            else None
+        )
+        self.socket = SdkSocketServer(self.config.agent_socket, self.ingest, self.relay)
         self.status_server = StatusServer(
             self.config.agent_metrics_host,
             self.config.agent_metrics_port,
@@ -155,6 +166,8 @@ class Agent:
         if imported:
             log.info("imported SDK spools", events=imported)
         self.socket.start()
+        if self.relay is not None:
+            self.relay.start()
         self.status_server.start()
         # `traintrail-agent status` finds the endpoint here (the port may be 0).
         (Path(self.config.spool_dir) / "agent.url").write_text(self.status_server.url + "\n")
@@ -178,6 +191,8 @@ class Agent:
         self._stopped.set()
         self._stop_sources()
         self.socket.stop()
+        if self.relay is not None:
+            self.relay.stop()
         left = self.shipper.stop(self.config.agent_stop_timeout_s)
         self.chain.save(self.chain_path)
         self.critical.close()

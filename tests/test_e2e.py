@@ -187,3 +187,72 @@ def test_collector_sigkilled_mid_stream_loses_and_doubles_nothing(stack: Any) ->
     assert collector.scalar(f"SELECT uniqExact(seq) FROM metric_batches FINAL WHERE {where}") == (
         batches
     )
+
+
+_NAN_RUN = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from sklearn.datasets import load_digits
+from agent.sdk import start_run
+
+socket_path, out, nan_at = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+out.mkdir(parents=True, exist_ok=True)
+digits = load_digits()
+x, y = digits.data / 16.0, digits.target
+rng = np.random.default_rng(0)
+w = rng.normal(0, 0.1, (64, 10))
+seen = []
+with start_run("e2e", "nan-stop", socket_path=socket_path, stop_on=("nan", "divergence")) as run:
+    run.on_alert(seen.append)
+    for step in range(200_000):  # far more than it needs: only stop_on ends it early
+        idx = rng.integers(0, len(x), 64)
+        xb, yb = x[idx], y[idx]
+        if step == nan_at:
+            xb = xb.copy()
+            xb[0, 0] = np.nan  # a corrupt sample poisons the weights for good
+        z = xb @ w
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        loss = float(-np.log(p[np.arange(64), yb] + 1e-12).mean())
+        p[np.arange(64), yb] -= 1
+        w -= 0.5 * xb.T @ p / 64
+        run.log({"loss": loss}, step=step)
+        if run.should_stop:
+            path = out / f"last-{step}.npy"
+            np.save(path, w)
+            run.log_checkpoint(path, step=step, metrics={"loss": loss})
+            break
+        time.sleep(0.002)
+print(step, run.stop_reason, len(seen), run.run_id)
+"""
+
+
+def test_nan_stops_the_run_through_stop_on(stack: Any, tmp_path: Path) -> None:
+    """A real (numpy) training run with an injected NaN: the collector's detector
+    raises an alert, the agent relays it to the process, `stop_on` ends the loop,
+    the last checkpoint is logged: all within seconds, not at the end of 200,000 steps."""
+    collector, agent, _env, _prefix = stack
+    nan_at = 1500
+    proc = subprocess.run(
+        [sys.executable, "-c", _NAN_RUN, str(agent.socket), str(tmp_path / "ckpt"), str(nan_at)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1].split()
+    stopped, run_id = int(last[0]), last[-1]
+    assert "nonfinite" in proc.stdout and int(last[-2]) >= 1
+    # about 2.5 ms a step: stopped within a few seconds of the NaN
+    assert nan_at < stopped < nan_at + 3000, stopped
+
+    def checkpoint() -> list[dict[str, Any]]:
+        return collector.sql(f"SELECT step FROM checkpoints FINAL WHERE run_id = '{run_id}'")
+
+    rows = wait_for("the last checkpoint in ClickHouse", checkpoint, timeout=60)
+    assert [r["step"] for r in rows] == [stopped]
+    alerts = collector.get("/alerts", run_id=run_id)
+    assert ("nonfinite", "firing", "loss", nan_at) in [
+        (a["detector"], a["state"], a["metric"], a["step"]) for a in alerts
+    ]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from agent.sdk import exit_hooks
@@ -51,6 +51,7 @@ def start_run(
     run_id: str | None = None,
     socket_path: str | None = None,
     seeds: Mapping[str, int] | None = None,
+    stop_on: Iterable[str] = (),
 ) -> Run:
     """Start recording a run; returns at once (context is collected in the background).
 
@@ -67,6 +68,9 @@ def start_run(
             /tmp/traintrail/agent.sock.
         seeds: the random seeds the script set, by name (e.g. {"torch": 0,
             "numpy": 0, "data_shuffle": 1234}); signed 64-bit integers.
+        stop_on: detectors whose alert on this run sets `run.should_stop`, e.g.
+            ("nan", "divergence"); the Lightning and Transformers callbacks then
+            stop the trainer. Any collector detector name is accepted.
     """
     if not isinstance(project, str) or not project:
         raise TypeError("project must be a non-empty str")
@@ -83,7 +87,7 @@ def start_run(
     attached = joined and where.rank != 0
     if not name:
         name = f"{Path(sys.argv[0] if sys.argv else '').stem or 'python'}-{run_id[:8]}"
-    run = Run(project, name, run_id, flat, socket_path, declared, where, attached)
+    run = Run(project, name, run_id, flat, socket_path, declared, where, attached, stop_on)
     exit_hooks.install_hooks()
     exit_hooks.OPEN_RUNS.add(run)
     return run

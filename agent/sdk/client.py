@@ -58,6 +58,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 0.1
+ALERT_POLL_S = 0.25  # how often a run that watches its alerts asks the agent
 WAKE_MASK = 1023  # the training thread nudges the sender every 1024 buffered log calls
 ABSORB_ENTRIES = 8192  # ...and enforces the bound itself beyond this many
 TAKE_POINTS = 50_000  # points the sender converts per cycle before delivering them
@@ -132,6 +133,9 @@ class Client:
         self._closing = self._closed = False
         self._deadline = math.inf
         self._executor: ThreadPoolExecutor | None = None
+        self._on_alert: Callable[[dict[str, Any]], None] | None = None
+        self._alert_seq = 0  # the relay's number of the last alert seen
+        self._alert_asked = 0.0
         self._thread = threading.Thread(target=self._loop, name="traintrail-sender", daemon=True)
         if start:
             self._thread.start()
@@ -295,7 +299,21 @@ class Client:
                     log.exception("traintrail: sender error (run %s)", self.run_id)
                 return False
 
+    def watch_alerts(self, handler: Callable[[dict[str, Any]], None]) -> None:
+        """Ask the agent for this run's alerts every ALERT_POLL_S; each goes to `handler`."""
+        self._on_alert = handler
+
+    def _alerts(self) -> None:
+        now = time.monotonic()
+        if self._on_alert is None or now - self._alert_asked < ALERT_POLL_S:
+            return
+        self._alert_asked = now
+        for alert in self._transport.ask_alerts(self.run_id, self._alert_seq) or ():
+            self._alert_seq = max(self._alert_seq, int(alert.get("seq", 0)))
+            self._on_alert(alert)
+
     def _cycle(self, budget: float) -> bool:
+        self._alerts()
         progressed = False
         if not self._outbox:
             items, upto = self._take(budget)

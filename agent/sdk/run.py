@@ -16,12 +16,13 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from agent.sdk import exit_hooks
+from agent.sdk.alerts import AlertWatch, stop_detectors
 from agent.sdk.client import Client
 from agent.sdk.context import snapshot
 from agent.sdk.hashing import hash_path
@@ -49,8 +50,10 @@ class Run:
         seeds: dict[str, int] | None = None,
         where: Placement | None = None,
         attached: bool = False,
+        stop_on: Iterable[str] = (),
     ) -> None:
         where = where or Placement()
+        self._alerts = AlertWatch(stop_detectors(stop_on))
         self.run_id = run_id
         self.rank = where.rank
         self.world_size = where.world_size
@@ -87,10 +90,32 @@ class Run:
             scheduler=where.variables,
         )
         self._client.add_event("RunStarted", start)
+        if self._alerts.wanted:
+            self._client.watch_alerts(self._alerts.handle)
 
     def __repr__(self) -> str:
         rank = f", rank={self.rank}" if self.world_size > 1 else ""
         return f"Run(project={self.project!r}, name={self.name!r}, run_id={self.run_id!r}{rank})"
+
+    def on_alert(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        """Call `callback(alert)` for each alert the collector raises on this run
+        (relayed by the agent within about a second; on the SDK's thread)."""
+        self._alerts.callbacks.append(callback)
+        self._client.watch_alerts(self._alerts.handle)
+
+    @property
+    def should_stop(self) -> bool:
+        """True once an alert named in `stop_on` fired: save a checkpoint and end."""
+        return self._alerts.should_stop
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self._alerts.stop_reason
+
+    @property
+    def alerts(self) -> list[dict[str, Any]]:
+        """The alerts received so far (only while watched: on_alert or stop_on)."""
+        return list(self._alerts.received)
 
     @property
     def dropped_points(self) -> int:

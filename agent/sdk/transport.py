@@ -154,6 +154,22 @@ class Transport:
             return None
         return reply if isinstance(reply, dict) else None
 
+    def ask_alerts(self, run_id: str, after: int) -> list[dict[str, Any]] | None:
+        """The run's alerts numbered above `after` (agent/alert_relay.py); None
+        when the agent cannot be asked now."""
+        if self.spooling:
+            return None
+        if self._sock is None and (
+            time.monotonic() - self.last_fail < RETRY_S or not self._connect()
+        ):
+            return None
+        reply = self._exchange(json.dumps({"v": 1, "alerts": {"run_id": run_id, "after": after}}))
+        if reply is None:
+            self.disconnect()
+            return None
+        alerts = reply.get("alerts")
+        return [a for a in alerts if isinstance(a, dict)] if isinstance(alerts, list) else []
+
     def _send_spool(self) -> None:
         """Send spooled lines not yet acked, in order; delete the file when all are."""
         sent = 0

@@ -4,6 +4,8 @@ Line protocol, one JSON object per line each way:
   SDK → agent  {"v": 1, "events": [{"type", "event_id", "time_us", "stream", "key", "body"}, ...]}
                (a Metrics body's packed point columns, `*_le`, as base64 text)
   agent → SDK  {"ok": true, "accepted": n, "rejected": [{"event_id", "error"}]}
+  SDK → agent  {"v": 1, "alerts": {"run_id": R, "after": N}}  (agent/alert_relay.py)
+  agent → SDK  {"ok": true, "alerts": [{..., "seq": n}, ...]}
 The reply is written only after the batch is in the spool, so an SDK that got
 "ok" may forget the batch. `"ok": false` (bad line, spool unwritable) means
 nothing of the batch was kept: the SDK keeps it and sends it again.
@@ -21,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from agent.alert_relay import AlertRelay
 from agent.errors import SpoolError
 from agent.ingest import Ingest
 from agent.sdk.encode import PACKED_FIELDS
@@ -33,13 +36,15 @@ log = structlog.get_logger("traintrail.sdk_socket")
 _MAX_LINE = 64 * 1024 * 1024
 
 
-def handle_line(ingest: Ingest, line: bytes) -> dict[str, Any]:
+def handle_line(ingest: Ingest, line: bytes, relay: AlertRelay | None = None) -> dict[str, Any]:
     """One request line → its reply object; the SDK may send training events
-    and the accesses it declares, nothing else."""
+    and the accesses it declares, and ask for its run's alerts; nothing else."""
     try:
         request = json.loads(line)
         if not isinstance(request, dict) or request.get("v") != 1:
             raise ValueError('expected an object with "v": 1')
+        if "alerts" in request:
+            return _alerts(relay, request["alerts"])
         events = request.get("events")
         if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
             raise ValueError('"events" must be a list of objects')
@@ -56,6 +61,17 @@ def handle_line(ingest: Ingest, line: bytes) -> dict[str, Any]:
         "accepted": accepted,
         "rejected": bad + [{"event_id": r.event_id, "error": r.error} for r in rejected],
     }
+
+
+def _alerts(relay: AlertRelay | None, ask: Any) -> dict[str, Any]:
+    if not isinstance(ask, dict) or not isinstance(ask.get("run_id"), str):
+        raise ValueError('"alerts" must be {"run_id": str, "after": int}')
+    after = ask.get("after", 0)
+    if not isinstance(after, int):
+        raise ValueError('"alerts.after" must be an integer')
+    if relay is None:
+        return {"ok": True, "alerts": [], "relay": False}
+    return {"ok": True, "alerts": relay.since(ask["run_id"], after)}
 
 
 def unpack_columns(
@@ -95,7 +111,7 @@ class _Handler(socketserver.StreamRequestHandler):
             if not line.endswith(b"\n"):
                 reply: dict[str, Any] = {"ok": False, "error": "line too long or unterminated"}
             else:
-                reply = handle_line(self.server.ingest, line)
+                reply = handle_line(self.server.ingest, line, self.server.relay)
             self.wfile.write(json.dumps(reply).encode() + b"\n")
             self.wfile.flush()
 
@@ -103,16 +119,18 @@ class _Handler(socketserver.StreamRequestHandler):
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
     ingest: Ingest
+    relay: AlertRelay | None
 
 
 class SdkSocketServer:
-    def __init__(self, path: str, ingest: Ingest) -> None:
+    def __init__(self, path: str, ingest: Ingest, relay: AlertRelay | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.is_socket():
             self.path.unlink()  # left by a killed agent; nobody answers on it
         self._server = _Server(str(self.path), _Handler)
         self._server.ingest = ingest
+        self._server.relay = relay
         # Training processes of any local user may report; what they send is
         # attributed to their run, and the socket accepts nothing else.
         self.path.chmod(0o666)

@@ -64,7 +64,8 @@ class TraintrailCallback(Callback):  # type: ignore[misc, unused-ignore]  # Any 
         log_every_n_steps: record step metrics every n optimizer steps (epoch
             and validation values are always recorded).
         checkpoint: record every checkpoint the trainer saves.
-        **start_run_kwargs: passed to `agent.sdk.start_run` (run_id, socket_path).
+        **start_run_kwargs: passed to `agent.sdk.start_run` (run_id, socket_path,
+            stop_on: an alert named there stops the fit via `trainer.should_stop`).
     """
 
     def __init__(
@@ -149,7 +150,11 @@ class TraintrailCallback(Callback):  # type: ignore[misc, unused-ignore]  # Any 
         batch: Any,
         batch_idx: int,
     ) -> None:
-        """Step metrics (and the batch loss) every `log_every_n_steps` optimizer steps."""
+        """Step metrics (and the batch loss) every `log_every_n_steps` optimizer steps;
+        a `stop_on` alert stops the fit here."""
+        if self.run is not None and self.run.should_stop and not trainer.should_stop:
+            self._warn_once("stop", f"stopping the fit: {self.run.stop_reason}")
+            trainer.should_stop = True
         step = trainer.global_step
         if step == self._last_step or step % self.log_every_n_steps:
             return  # no optimizer step since the last call (gradient accumulation)

@@ -95,7 +95,8 @@ class TraintrailCallback(TrainerCallback):  # type: ignore[misc, unused-ignore] 
         config: extra config recorded beside `args.*` and `model.*`.
         checkpoint: record each checkpoint the Trainer saves (hashing a large
             checkpoint costs disk reads on a worker thread, not training time).
-        **start_run_kwargs: passed to `agent.sdk.start_run` (run_id, socket_path).
+        **start_run_kwargs: passed to `agent.sdk.start_run` (run_id, socket_path,
+            stop_on: an alert named there saves a checkpoint and stops training).
     """
 
     def __init__(
@@ -140,6 +141,19 @@ class TraintrailCallback(TrainerCallback):  # type: ignore[misc, unused-ignore] 
             )
         except Exception:
             self._warn_once("start", "cannot start the run; training goes on unrecorded")
+
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        """A `stop_on` alert: save a checkpoint and stop, as the Trainer's own stop does."""
+        if self.run is not None and self.run.should_stop and not control.should_training_stop:
+            self._warn_once("stop", f"stopping training: {self.run.stop_reason}")
+            control.should_save = True
+            control.should_training_stop = True
 
     def on_log(
         self,

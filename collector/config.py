@@ -72,13 +72,19 @@ class CollectorConfig:
         "Metric name globs (comma-separated) watched for spikes and divergence (gradient "
         "norms: spikes only); every metric is checked for NaN/Inf.",
     )
-    alerts_spike_window: int = setting(64, "Points in the robust (median/MAD) baseline.")
+    alerts_spike_window: int = setting(256, "Points in the robust (quantile) baseline.")
     alerts_spike_warmup: int = setting(32, "Points of a series before spikes are judged.")
-    alerts_spike_z: float = setting(8.0, "A spike is this many scaled MADs above the median...")
+    alerts_spike_z: float = setting(
+        8.0, "A spike is this many spreads (IQR/1.349) over the median..."
+    )
     alerts_spike_min_rel: float = setting(0.5, "...and this fraction above it (0.5: +50 %)...")
-    alerts_spike_min_abs: float = setting(0.0, "...and this much above it in absolute terms.")
+    alerts_spike_min_abs: float = setting(0.0, "...and this much above it in absolute terms...")
+    alerts_spike_tail_factor: float = setting(
+        3.0, "...and this many times the window's 99th percentile (heavy-tailed batch noise)."
+    )
     alerts_grad_z: float = setting(10.0, "Spike z for gradient-norm metrics (heavier tails).")
     alerts_grad_min_rel: float = setting(2.0, "Spike relative jump for gradient-norm metrics.")
+    alerts_grad_tail_factor: float = setting(4.0, "Spike tail factor for gradient-norm metrics.")
     alerts_divergence: bool = setting(True, "Raise an alert on a sustained rise of a loss.")
     alerts_divergence_window: int = setting(
         200, "Points per divergence judgement (medians of quarter-window blocks)."

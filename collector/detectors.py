@@ -4,19 +4,25 @@ Issue 7's first step: the detection logic alone, as plain objects fed one
 point at a time, with state bounded by a window. Wiring them to the
 collector's stream, alert sinks and restarts comes next.
 
-A loss spike is judged against a robust baseline: the median of the last
-`window` finite points and their median absolute deviation (MAD), so one
-earlier spike or a noisy mini-batch does not move the baseline the way a mean
-and standard deviation would. A point is a spike when it is at least `z`
-scaled MADs above the median AND above it by `min_rel` (relative) and
-`min_abs` (absolute): all three, so a flat, quiet curve (MAD near zero) does
-not alert on tiny wiggles. Nothing is judged during `warmup` points. One
-finding opens an episode; the next point back under the threshold closes it
-(a `resolved` finding), so a spike lasting 50 steps is one alert.
+A loss spike is judged against a robust baseline of the last `window` finite
+points, kept sorted so its quantiles cost a lookup: the median, the spread
+(interquartile range scaled to a standard deviation) and a high quantile
+(`tail_q`). One earlier spike or a noisy mini-batch does not move them the
+way a mean and standard deviation would. A point is a spike when it is above
+all of: the median plus `z` spreads, the median plus `min_rel` of it, the
+median plus `min_abs`, and `tail_factor` times the high quantile. The last
+one is what keeps heavy-tailed mini-batch noise quiet: when a few hard
+examples make one batch in fifty cost ten times the median (a near-solved
+classification task does this), such batches are in the window's tail
+already, and only a jump well past them is news. Nothing is judged during
+`warmup` points. One finding opens an episode; the next point back under the
+threshold closes it (a `resolved` finding), so a spike lasting 50 steps is
+one alert.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from collections import deque
@@ -34,20 +40,22 @@ __all__ = [
     "spike_config_for",
 ]
 
-_MAD_SCALE = 1.4826  # MAD -> standard deviation for normal noise
+_IQR_SCALE = 1.349  # interquartile range of normal noise, in standard deviations
 
 
 @dataclass(frozen=True)
 class SpikeConfig:
-    window: int = 64
+    window: int = 256
     warmup: int = 32
     z: float = 8.0
     min_rel: float = 0.5
     min_abs: float = 0.0
+    tail_q: float = 0.99
+    tail_factor: float = 3.0
 
 
 # Gradient norms are heavier-tailed than losses: the same mechanism, wider bounds.
-GRAD_SPIKE = SpikeConfig(window=64, warmup=32, z=10.0, min_rel=2.0)
+GRAD_SPIKE = SpikeConfig(z=10.0, min_rel=2.0, tail_factor=4.0)
 
 
 def spike_config_for(metric: str, default: SpikeConfig | None = None) -> SpikeConfig:
@@ -67,12 +75,15 @@ class StallConfig:
 @dataclass(frozen=True)
 class DivergenceConfig:
     """A sustained rise: the median of the latest `window // 4` points exceeds the
-    lowest median seen over earlier such blocks by `min_rel`, for `blocks` blocks
-    in a row."""
+    lowest median seen over earlier such blocks by `min_rel` of it and by `noise`
+    times the block's own spread, for `blocks` blocks in a row. (The spread
+    keeps a curve that merely wanders at a tiny level, where doubling is noise,
+    from counting as a rise.)"""
 
     window: int = 200
-    min_rel: float = 0.5
-    blocks: int = 2
+    min_rel: float = 1.0
+    blocks: int = 3
+    noise: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -98,7 +109,8 @@ class SeriesDetector:
         self.metric = metric
         self.spike = spike or SpikeConfig()
         self.divergence = divergence
-        self._recent: deque[float] = deque(maxlen=self.spike.window)
+        self._recent: deque[float] = deque()  # arrival order, for eviction
+        self._sorted: list[float] = []  # the same values, sorted
         self._seen = 0
         self._open: set[str] = set()
         self._block: list[float] = []
@@ -143,10 +155,13 @@ class SeriesDetector:
         out: list[Finding] = []
         self._seen += 1
         if self._seen > cfg.warmup and len(self._recent) >= min(cfg.window, cfg.warmup):
-            median = statistics.median(self._recent)
-            mad = statistics.median(abs(v - median) for v in self._recent) * _MAD_SCALE
+            median = self._quantile(0.5)
+            spread = (self._quantile(0.75) - self._quantile(0.25)) / _IQR_SCALE
             threshold = max(
-                median + cfg.z * mad, median + cfg.min_rel * abs(median), median + cfg.min_abs
+                median + cfg.z * spread,
+                median + cfg.min_rel * abs(median),
+                median + cfg.min_abs,
+                cfg.tail_factor * self._quantile(cfg.tail_q),
             )
             if value > threshold:
                 if "spike" not in self._open:
@@ -176,16 +191,32 @@ class SeriesDetector:
                     )
                 )
         self._recent.append(value)
+        bisect.insort(self._sorted, value)
+        if len(self._recent) > cfg.window:
+            old = self._recent.popleft()
+            del self._sorted[bisect.bisect_left(self._sorted, old)]
         return out
+
+    def _quantile(self, q: float) -> float:
+        values = self._sorted
+        return values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))]
 
     def _diverge(self, step: int, value: float, cfg: DivergenceConfig) -> list[Finding]:
         self._block.append(value)
         if len(self._block) < max(1, cfg.window // 4):
             return []
-        block = statistics.median(self._block)
+        ordered = sorted(self._block)
+        n = len(ordered) - 1
+        block = statistics.median(ordered)
+        spread = (ordered[round(0.75 * n)] - ordered[round(0.25 * n)]) / _IQR_SCALE
         self._block = []
         out: list[Finding] = []
-        rising = math.isfinite(self._best_block) and block > self._best_block * (1 + cfg.min_rel)
+        best = self._best_block
+        rising = (
+            math.isfinite(best)
+            and block > best * (1 + cfg.min_rel)
+            and block - best > cfg.noise * spread
+        )
         self._rising = self._rising + 1 if rising else 0
         if self._rising >= cfg.blocks and "divergence" not in self._open:
             self._open.add("divergence")

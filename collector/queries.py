@@ -224,6 +224,12 @@ FROM (
 GROUP BY name
 """
 
+_POINT_COUNTS = """
+SELECT name, count() AS n FROM metrics FINAL
+WHERE run_id = {run_id:String} AND step < {before:Int64}
+GROUP BY name
+"""
+
 _OPEN_EPISODES = """
 SELECT metric, detector, argMax(state, event_time) AS last_state,
        max(if(state = 'resolved', event_time, NULL)) AS last_resolved
@@ -235,15 +241,17 @@ GROUP BY metric, detector
 
 def watch_history(
     store: Store, run_id: str, before_step: int, points: int
-) -> tuple[dict[str, tuple[list[int], list[float]]], list[dict[str, Any]]]:
+) -> tuple[dict[str, tuple[list[int], list[float], int]], list[dict[str, Any]]]:
     """What the detectors of a run need after a restart: each metric's last
-    `points` points before `before_step`, oldest first, and per (metric,
-    detector) the state of its last alert."""
-    series: dict[str, tuple[list[int], list[float]]] = {}
+    `points` points before `before_step`, oldest first, with how many it has
+    in all before that step; and per (metric, detector) its last alert's state."""
+    series: dict[str, tuple[list[int], list[float], int]] = {}
     params = {"run_id": run_id, "before": before_step, "points": points}
+    totals = {r["name"]: int(r["n"]) for r in store.query(_POINT_COUNTS, params)}
     for row in store.query(_RECENT_POINTS, params):
         pairs = sorted(zip(row["steps"], row["values"], strict=True))
-        series[row["name"]] = ([int(s) for s, _ in pairs], [float(v) for _, v in pairs])
+        steps, values = [int(s) for s, _ in pairs], [float(v) for _, v in pairs]
+        series[row["name"]] = (steps, values, totals.get(row["name"], len(steps)))
     episodes = store.query(_OPEN_EPISODES, {"run_id": run_id})
     return series, episodes
 

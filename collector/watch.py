@@ -85,12 +85,14 @@ def rules_from_config(config: Any) -> AlertRules:
             z=config.alerts_spike_z,
             min_rel=config.alerts_spike_min_rel,
             min_abs=config.alerts_spike_min_abs,
+            tail_factor=config.alerts_spike_tail_factor,
         ),
         grad_spike=SpikeConfig(
             window=config.alerts_spike_window,
             warmup=config.alerts_spike_warmup,
             z=config.alerts_grad_z,
             min_rel=config.alerts_grad_min_rel,
+            tail_factor=config.alerts_grad_tail_factor,
         ),
         divergence=(
             DivergenceConfig(window=config.alerts_divergence_window)
@@ -154,7 +156,7 @@ class _Series:
 
 
 History = Callable[
-    [str, int], tuple[dict[str, tuple[list[int], list[float]]], list[dict[str, Any]]]
+    [str, int], tuple[dict[str, tuple[list[int], list[float], int]], list[dict[str, Any]]]
 ]
 
 
@@ -229,8 +231,12 @@ class Watcher:
         except Exception as exc:  # the store down: start fresh rather than stop ingesting
             log.warning("detector state not rebuilt", run_id=run_id, error=str(exc))
             return
-        for metric, (steps, values) in series.items():
-            self.prime(run_id, metric, steps[-window:], values[-window:])
+        block = self.rules.divergence.window // 4 if self.rules.divergence is not None else 1
+        for metric, (steps, values, total) in series.items():
+            # As many points as the window, less the few that put the divergence
+            # blocks where the uninterrupted watch had them (its count mod block).
+            keep = min(len(steps), window - (window - total) % max(1, block))
+            self.prime(run_id, metric, steps[len(steps) - keep :], values[len(values) - keep :])
         for row in episodes:
             metric = row["metric"] or ""
             if row["last_state"] == "firing":

@@ -33,8 +33,8 @@ def test_clean_noisy_curves_raise_nothing() -> None:
 def test_an_injected_spike_is_one_episode() -> None:
     rng = random.Random(1)
     values = [_loss(i, rng) for i in range(2000)]
-    for i in range(700, 705):  # a bad stretch: 5 steps at 6x
-        values[i] *= 6
+    for i in range(700, 705):  # a bad stretch: 5 steps at 10x (3x the window's p99 and more)
+        values[i] *= 10
     assert _run(values) == [("spike", "firing", 700), ("spike", "resolved", 705)]
 
 

@@ -90,7 +90,7 @@ def test_restart_mid_episode_neither_repeats_nor_misses() -> None:
     def history(run_id: str, before_step: int) -> Any:
         assert (run_id, before_step) == ("r1", 1500)
         steps = list(range(before_step))
-        points = {"loss": (steps, [float(v) for v in loss[:before_step]])}
+        points = {"loss": (steps, [float(v) for v in loss[:before_step]], before_step)}
         open_ = {(a["metric"], a["detector"]) for a in before if a["state"] == "firing"}
         open_ -= {(a["metric"], a["detector"]) for a in before if a["state"] == "resolved"}
         return points, [

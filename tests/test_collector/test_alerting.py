@@ -14,10 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from collector import queries
 from collector.alert_sinks import AlertSinks, Webhook, WebhookConfig, payload
 from collector.alerting import Alerting
+from collector.api import start_api
+from collector.cli import cli
 from collector.config import CollectorConfig
 from collector.pipeline import Pipeline
 from collector.store import Store
@@ -138,6 +141,23 @@ def test_spike_reaches_topic_table_and_webhook(
     assert {b["event_id"] for b in receiver.bodies} == ids
     pipeline.flush()
     pipeline.alerting.close()  # type: ignore[union-attr]
+    pipeline.consumer.close()
+    # The commands, through the query API as against an embedded store.
+    api = start_api(ch_store, "127.0.0.1", 0)
+    try:
+        env = {"TRAINTRAIL_API_URL": api.url, "TRAINTRAIL_ALERTS_COOLDOWN_S": "0"}
+        listed = CliRunner().invoke(cli, ["alerts", "list", "--run", run_id, "--json"], env=env)
+        assert listed.exit_code == 0, listed.output
+        assert {a["event_id"] for a in _json(listed.output)} == ids
+        preview = CliRunner().invoke(cli, ["alerts", "test", run_id, "--json"], env=env)
+        assert preview.exit_code == 0, preview.output
+        assert [(a["detector"], a["state"], a["step"]) for a in _json(preview.output)] == want
+        human = CliRunner().invoke(cli, ["alerts", "test", run_id], env=env)
+        assert "loss jumped" in human.output
+        missing = CliRunner().invoke(cli, ["alerts", "test", "no-such-run"], env=env)
+        assert missing.exit_code != 0 and "no metric points" in missing.output
+    finally:
+        api.stop()
 
 
 def test_webhook_down_does_not_hold_ingestion(kafka_bootstrap: str, ch_store: Store) -> None:
@@ -170,6 +190,7 @@ def test_webhook_down_does_not_hold_ingestion(kafka_bootstrap: str, ch_store: St
     finally:
         pipeline.flush()
         pipeline.alerting.close()  # type: ignore[union-attr]
+        pipeline.consumer.close()
         late.close()
 
 
@@ -193,6 +214,11 @@ def test_webhook_retries_and_slack_payload() -> None:
     assert flat["event_id"] == alert["envelope"]["event_id"] and "envelope" not in flat
     with pytest.raises(ValueError, match="http"):
         WebhookConfig("file:///etc/passwd")
+
+
+def _json(output: str) -> Any:
+    """The command's JSON, past the API server's own log lines (same process here)."""
+    return json.loads(output[output.index("\n[") + 1 :] if not output.startswith("[") else output)
 
 
 def _sample_alert() -> dict[str, Any]:
@@ -224,5 +250,6 @@ def test_collector_restarted_mid_episode_neither_repeats_nor_misses(
     _wait(lambda: len([b for b in receiver.bodies if b["detector"] == "spike"]) == 4)
     second.flush()
     second.alerting.close()  # type: ignore[union-attr]
+    second.consumer.close()
     posted = [(b["detector"], b["state"], b["step"]) for b in receiver.bodies]
     assert sorted(p for p in posted if p[0] == "spike") == stored  # each once

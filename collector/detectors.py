@@ -117,6 +117,13 @@ class SeriesDetector:
         self._best_block: float = math.inf
         self._rising = 0
 
+    def is_open(self, detector: str) -> bool:
+        return detector in self._open
+
+    def reopen(self, detector: str) -> None:
+        """Continue an episode raised before a restart (its resolve still comes)."""
+        self._open.add(detector)
+
     def update(self, step: int, value: float) -> list[Finding]:
         out: list[Finding] = []
         if not math.isfinite(value):

@@ -20,6 +20,7 @@ watch raised.
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
 import math
 import uuid
@@ -55,6 +56,7 @@ _SEVERITY = {
     "spike": "warning",
     "stall": "warning",
 }
+_SERIES_DETECTORS = frozenset({"spike", "nonfinite", "divergence"})
 _MAX_SERIES = 100_000  # (run, metric) detectors kept; the least recently fed go first
 
 
@@ -216,7 +218,7 @@ class Watcher:
         if series.detector is not None:
             for step, value in zip(steps, values, strict=True):
                 series.detector.update(step, value)
-                series.nonfinite_open = "nonfinite" in series.detector._open
+                series.nonfinite_open = series.detector.is_open("nonfinite")
         elif values:
             series.nonfinite_open = not math.isfinite(values[-1])
 
@@ -239,10 +241,15 @@ class Watcher:
             self.prime(run_id, metric, steps[len(steps) - keep :], values[len(values) - keep :])
         for row in episodes:
             metric = row["metric"] or ""
+            if not metric or row["detector"] not in _SERIES_DETECTORS:
+                continue  # hardware and stall episodes are judged afresh
             if row["last_state"] == "firing":
                 self.reopen(run_id, metric, row["detector"])
             elif row["last_resolved"] is not None:
-                resolved_us = int(row["last_resolved"].timestamp() * 1e6)
+                when = row["last_resolved"]
+                if when.tzinfo is None:  # DateTime64(6, 'UTC') read back naive
+                    when = when.replace(tzinfo=dt.UTC)
+                resolved_us = int(when.timestamp() * 1e6)
                 self._get(run_id, metric).quiet_until[row["detector"]] = resolved_us + int(
                     self.rules.cooldown_s * 1e6
                 )
@@ -253,7 +260,7 @@ class Watcher:
         if detector == "nonfinite":
             series.nonfinite_open = True
         if series.detector is not None:
-            series.detector._open.add(detector)
+            series.detector.reopen(detector)
 
     # -- metrics ---------------------------------------------------------------------
 

@@ -80,11 +80,13 @@ class CollectorConfig:
     alerts_spike_min_rel: float = setting(0.5, "...and this fraction above it (0.5: +50 %)...")
     alerts_spike_min_abs: float = setting(0.0, "...and this much above it in absolute terms...")
     alerts_spike_tail_factor: float = setting(
-        3.0, "...and this many times the window's 99th percentile (heavy-tailed batch noise)."
+        4.0,
+        "...and over the median by this many times the 99th percentile's distance from it "
+        "(heavy-tailed batch noise).",
     )
     alerts_grad_z: float = setting(10.0, "Spike z for gradient-norm metrics (heavier tails).")
     alerts_grad_min_rel: float = setting(2.0, "Spike relative jump for gradient-norm metrics.")
-    alerts_grad_tail_factor: float = setting(4.0, "Spike tail factor for gradient-norm metrics.")
+    alerts_grad_tail_factor: float = setting(6.0, "Spike tail factor for gradient-norm metrics.")
     alerts_divergence: bool = setting(True, "Raise an alert on a sustained rise of a loss.")
     alerts_divergence_window: int = setting(
         200, "Points per divergence judgement (medians of quarter-window blocks)."

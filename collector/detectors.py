@@ -10,11 +10,12 @@ points, kept sorted so its quantiles cost a lookup: the median, the spread
 (`tail_q`). One earlier spike or a noisy mini-batch does not move them the
 way a mean and standard deviation would. A point is a spike when it is above
 all of: the median plus `z` spreads, the median plus `min_rel` of it, the
-median plus `min_abs`, and `tail_factor` times the high quantile. The last
-one is what keeps heavy-tailed mini-batch noise quiet: when a few hard
-examples make one batch in fifty cost ten times the median (a near-solved
-classification task does this), such batches are in the window's tail
-already, and only a jump well past them is news. Nothing is judged during
+median plus `min_abs`, and the median plus `tail_factor` times the high
+quantile's distance from the median. The last one is what keeps heavy-tailed
+mini-batch noise quiet: when a few hard examples make one batch in fifty cost
+ten times the median (a near-solved classification task does this), such
+batches are in the window's tail already, and only a jump well past them is
+news; with light-tailed noise it is no stricter than the spread rule. Nothing is judged during
 `warmup` points. One finding opens an episode; the next point back under the
 threshold closes it (a `resolved` finding), so a spike lasting 50 steps is
 one alert.
@@ -51,11 +52,11 @@ class SpikeConfig:
     min_rel: float = 0.5
     min_abs: float = 0.0
     tail_q: float = 0.99
-    tail_factor: float = 3.0
+    tail_factor: float = 4.0
 
 
 # Gradient norms are heavier-tailed than losses: the same mechanism, wider bounds.
-GRAD_SPIKE = SpikeConfig(z=10.0, min_rel=2.0, tail_factor=4.0)
+GRAD_SPIKE = SpikeConfig(z=10.0, min_rel=2.0, tail_factor=6.0)
 
 
 def spike_config_for(metric: str, default: SpikeConfig | None = None) -> SpikeConfig:
@@ -168,7 +169,7 @@ class SeriesDetector:
                 median + cfg.z * spread,
                 median + cfg.min_rel * abs(median),
                 median + cfg.min_abs,
-                cfg.tail_factor * self._quantile(cfg.tail_q),
+                median + cfg.tail_factor * (self._quantile(cfg.tail_q) - median),
             )
             if value > threshold:
                 if "spike" not in self._open:

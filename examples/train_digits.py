@@ -5,7 +5,7 @@ CPU: a RunStarted context, a DatasetUsed record with a content hash, per-step
 metrics, a checkpoint every few epochs, and a deliberate learning-rate jump halfway
 through so the loss spikes and the loss-spike detector has something to find.
 
-    python examples/train_digits.py --epochs 20 --lr 0.05 --seed 0
+    python examples/train_digits.py --epochs 40 --lr 0.05 --seed 0
 
 The run id is printed on the last line of stdout as `run_id=<id>`.
 """
@@ -29,7 +29,7 @@ __all__ = ["main"]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=".traintrail/checkpoints", help="checkpoint directory")

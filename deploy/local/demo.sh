@@ -93,8 +93,11 @@ echo
 say "traintrail runs show $RUN_ID"
 traintrail runs show "$RUN_ID"
 echo
-say "traintrail metrics $RUN_ID --name loss --every 20   (the jump after step 220 is the learning-rate x20)"
-traintrail metrics "$RUN_ID" --name loss --every 20
+say "traintrail metrics $RUN_ID --name loss --every 40   (the jump after step 460 is the learning-rate x20)"
+traintrail metrics "$RUN_ID" --name loss --every 40
+echo
+say "traintrail alerts list --run $RUN_ID   (what the detectors raised on the stream, seconds after it happened)"
+traintrail alerts list --run "$RUN_ID"
 echo
 SHA=$(traintrail runs show "$RUN_ID" --json | python -c 'import json,sys; print(json.load(sys.stdin)["checkpoints"][-1]["sha256"])')
 say "traintrail lineage $SHA   (which run, data, code and environment produced this checkpoint)"

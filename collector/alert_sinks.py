@@ -125,6 +125,7 @@ class Webhook:
                 return
             self.failed_attempts += 1
             if time.monotonic() - started + wait > self.config.give_up_s:
+                self.dropped += 1
                 log.error("webhook gave up on alert", error=error, id=alert["envelope"]["event_id"])
                 return
             log.warning("webhook failed; retrying", error=error, retry_in_s=wait)

@@ -115,7 +115,7 @@ def collector_run(config: CollectorConfig, ready_file: Path | None) -> None:
         make_consumer(config),
         dead_letters=dead_letters,
     )
-    pipeline.alerting = alerting(config, store, pipeline.metrics.alerts)
+    pipeline.alerting = alerting(config, store, pipeline.metrics)
     api = start_api(store, config.api_host, config.api_port, metrics=pipeline.metrics.render)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:

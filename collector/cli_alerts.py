@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from prometheus_client import Counter
 
 from collector.alert_sinks import AlertSinks, WebhookConfig
 from collector.alerting import Alerting
 from collector.config import CollectorConfig
+from collector.metrics import CollectorMetrics
 from collector.store import Store
 from collector.watch import Watcher, rules_from_config
 
@@ -21,7 +21,7 @@ __all__ = ["alerting", "alerts"]
 
 
 def alerting(
-    config: CollectorConfig, store: Store, counter: Counter | None = None
+    config: CollectorConfig, store: Store, metrics: CollectorMetrics | None = None
 ) -> Alerting | None:
     """The watcher (state rebuilt from `store` per run) and its sinks, or
     None with `[alerts] enabled = false`."""
@@ -49,7 +49,10 @@ def alerting(
     sinks = AlertSinks(
         default_registry(), config.kafka_topic_prefix, config.kafka_bootstrap, webhook
     )
-    return Alerting(Watcher(rules, history), sinks, counter)
+    if metrics is None:
+        return Alerting(Watcher(rules, history), sinks)
+    metrics.watch_alert_sinks(sinks)
+    return Alerting(Watcher(rules, history), sinks, metrics.alerts)
 
 
 @click.group()

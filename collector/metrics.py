@@ -9,6 +9,8 @@ pipeline in one process never double-registers.
 
 from __future__ import annotations
 
+from typing import Any
+
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -110,6 +112,32 @@ class CollectorMetrics:
             if labels in self._lagging:
                 self._lagging.discard(labels)
                 self.lag.remove(*labels)
+
+    def watch_alert_sinks(self, sinks: Any) -> None:
+        """Export the alert sinks' own counts (read at scrape time)."""
+        r = self.registry
+        Gauge(
+            "traintrail_collector_alerts_undelivered",
+            "Alerts the alerts topic refused (the log still has them).",
+            registry=r,
+        ).set_function(lambda: sinks.undelivered)
+        hook = sinks.webhook
+        if hook is None:
+            return
+        for name, what, read in (
+            ("sent", "Alerts the webhook accepted.", lambda: hook.sent),
+            (
+                "failures",
+                "Webhook attempts that failed (each retried).",
+                lambda: hook.failed_attempts,
+            ),
+            (
+                "dropped",
+                "Alerts not posted: queue full or retried past give_up_s.",
+                lambda: hook.dropped,
+            ),
+        ):
+            Gauge(f"traintrail_collector_webhook_{name}", what, registry=r).set_function(read)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

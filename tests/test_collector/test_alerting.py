@@ -183,6 +183,14 @@ def test_webhook_down_does_not_hold_ingestion(kafka_bootstrap: str, ch_store: St
     webhook = pipeline.alerting.sinks.webhook  # type: ignore[union-attr]
     assert webhook is not None and webhook.sent == 0
     _wait(lambda: webhook.failed_attempts >= 2)
+    pipeline.metrics.watch_alert_sinks(pipeline.alerting.sinks)  # type: ignore[union-attr]
+    scrape = pipeline.metrics.render().decode()
+    failures = next(
+        float(line.split()[-1])
+        for line in scrape.splitlines()
+        if line.startswith("traintrail_collector_webhook_failures ")
+    )
+    assert failures >= 2 and "traintrail_collector_webhook_sent 0.0" in scrape
     late = Receiver(port)  # it comes back: the queued alerts arrive, in order
     try:
         _wait(lambda: len(late.bodies) == 2)

@@ -65,6 +65,17 @@ class AlertRelay:
         self._stop.set()
         self._thread.join(5)
 
+    def stats(self) -> dict[str, Any]:
+        """For `traintrail-agent status`."""
+        with self._lock:
+            return {
+                "enabled": True,
+                "assigned": self.ready.is_set(),
+                "runs_asking": len(self._alerts),
+                "relayed": self._seq,
+                "alive": self._thread.is_alive(),
+            }
+
     def since(self, run_id: str, after: int) -> list[dict[str, Any]]:
         """The run's alerts numbered above `after`, oldest first; from the first
         question on, the run's alerts are kept."""

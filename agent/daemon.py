@@ -293,7 +293,7 @@ class Agent:
             source.stats.alive = False
 
     def status(self) -> dict[str, Any]:
-        return status(
+        out = status(
             self.node,
             self.started,
             self.ingest,
@@ -301,6 +301,8 @@ class Agent:
             self.shipper,
             [r.source for r in self._running],
         )
+        out["alert_relay"] = self.relay.stats() if self.relay is not None else {"enabled": False}
+        return out
 
 
 def import_sdk_spools(ingest: Ingest, directory: Path) -> int:

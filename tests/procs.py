@@ -125,6 +125,21 @@ class AgentProc(_Proc):
         wait_for("agent socket", is_ready, timeout=60)
         return self
 
+    def url(self) -> str:
+        """The agent's /status and /metrics endpoint (its port may be 0 in tests)."""
+        marker = Path(self.env["TRAINTRAIL_SPOOL_DIR"]) / "agent.url"
+        found: str = wait_for(
+            "status url", lambda: marker.read_text().strip() if marker.exists() else None, 30
+        )
+        return found
+
+    def status(self) -> dict[str, Any]:
+        """What `traintrail-agent status` shows, from the agent's /status endpoint."""
+        with urllib.request.urlopen(f"{self.url()}/status", timeout=10) as resp:
+            data = json.load(resp)
+        assert isinstance(data, dict)
+        return data
+
 
 def _dsn(home: Path, prefix: str) -> str:
     """A server named by TRAINTRAIL_CLICKHOUSE_DSN (its own database per test),

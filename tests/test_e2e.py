@@ -256,3 +256,5 @@ def test_nan_stops_the_run_through_stop_on(stack: Any, tmp_path: Path) -> None:
     assert ("nonfinite", "firing", "loss", nan_at) in [
         (a["detector"], a["state"], a["metric"], a["step"]) for a in alerts
     ]
+    relay = agent.status()["alert_relay"]
+    assert relay["assigned"] and relay["alive"] and relay["relayed"] >= 1

@@ -36,6 +36,9 @@ def test_relay_keeps_alerts_of_runs_that_asked() -> None:
     assert got[0]["value"] is None and got[0]["node"] and got[0]["event_id"]
     assert relay.since("r1", got[0]["seq"]) == got[1:]
     json.dumps(got, allow_nan=False)  # what the socket sends
+    assert relay.stats() == {
+        "enabled": True, "assigned": False, "runs_asking": 1, "relayed": 2, "alive": False
+    }  # fmt: skip
 
 
 def test_socket_answers_alert_requests() -> None:

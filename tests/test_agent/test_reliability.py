@@ -7,7 +7,6 @@ stop and restart it; the collector runs with its own embedded store.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -94,16 +93,7 @@ def _env(tmp_path: Path, bootstrap: str, **extra: str) -> dict[str, str]:
 
 
 def _status(agent: AgentProc) -> dict[str, Any]:
-    url = wait_for("status url", lambda: _status_url(agent), timeout=30)
-    with urllib.request.urlopen(f"{url}/status", timeout=10) as resp:
-        data = json.load(resp)
-    assert isinstance(data, dict)
-    return data
-
-
-def _status_url(agent: AgentProc) -> str | None:
-    marker = Path(agent.env["TRAINTRAIL_SPOOL_DIR"]) / "agent.url"
-    return marker.read_text().strip() if marker.exists() else None
+    return agent.status()
 
 
 _TRAIN = """
@@ -286,7 +276,7 @@ def test_spool_at_its_limit(tmp_path: Path, broker: PrivateKafka) -> None:
     assert st["events"]["refused"] >= 1
     assert st["spools"]["critical"]["bytes"] <= 20000
     assert st["spools"]["samples"]["bytes"] <= 20000
-    metrics_url = _status_url(agent)
+    metrics_url = agent.url()
     with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=10) as resp:
         text = resp.read().decode()
     assert 'traintrail_agent_spool_dropped_records_total{spool="samples"}' in text

@@ -34,17 +34,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from bench._kafka import bootstrap
+from collector.alert_sinks import AlertSinks
+from collector.alerting import Alerting
 from collector.config import load_config
 from collector.migrate import migrate
 from collector.pipeline import Pipeline, make_consumer
 from collector.router import Batch, route
 from collector.store import Store, connect
 from collector.topics import ensure_topics
+from collector.watch import AlertRules, Watcher
 from schemas import decode, default_registry, encode
 from tests.samples import packed_points, record
 
 POINTS = 10_000  # per Metrics message: the SDK's batch size
-NAMES = [f"m{k:02d}" for k in range(20)]
+# One name in twenty is a loss: those points go through the per-point detectors
+# (spike, divergence); the rest get the vectorized NaN/Inf check only.
+NAMES = ["loss"] + [f"m{k:02d}" for k in range(1, 20)]
 
 
 def metrics_messages(total_points: int, run_id: str) -> list[bytes]:
@@ -60,7 +65,7 @@ def metrics_messages(total_points: int, run_id: str) -> list[bytes]:
                 steps,
                 [now + s for s in steps],
                 [i % 20 for i in range(POINTS)],
-                [1.0 / (i + 1) for i in range(POINTS)],
+                [1.0 / (s + 1) for s in steps],  # smooth per metric: no alert
             ),
         )
         out.append(encode(reg, "Metrics", rec))
@@ -151,12 +156,19 @@ def collector(store: Store, servers: str, topic: str, n: int, **settings: Any) -
         None, kafka_bootstrap=servers, collector_group_id=f"bench-{uuid.uuid4().hex}", **settings
     )
     pipeline = Pipeline(config, store, default_registry(), make_consumer(config))
+    # Detectors on, as `traintrail collector run` has them (alerts would go to
+    # the bench's own topic; none are expected on these curves).
+    sinks = AlertSinks(default_registry(), f"bench{uuid.uuid4().hex[:6]}", servers)
+    pipeline.alerting = Alerting(Watcher(AlertRules()), sinks)
     t0 = time.perf_counter()
     pipeline.consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
     while pipeline.totals.messages < n:
         pipeline.step()
     elapsed = time.perf_counter() - t0
     pipeline.consumer.close()
+    sinks.close()
+    if sinks.emitted:
+        print(f"note: the detectors raised {sinks.emitted} alerts on the bench's curves")
     return elapsed
 
 

@@ -12,6 +12,7 @@ counter and a log line (the topic and table still have it).
 from __future__ import annotations
 
 import json
+import math
 import queue
 import threading
 import time
@@ -21,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from schemas import Registry, encode
+from schemas import Registry, SchemaError, encode
 from schemas.topics import topic_for
 
 __all__ = ["AlertSinks", "Webhook", "WebhookConfig", "payload"]
@@ -35,7 +36,7 @@ _COLORS = {"critical": "#d00000", "warning": "#f2a900", "info": "#2eb67d"}
 
 def payload(alert: dict[str, Any], fmt: str) -> dict[str, Any]:
     """The webhook body of one alert: `json` (its fields) or `slack`."""
-    fields = {k: v for k, v in alert.items() if k != "envelope"}
+    fields = {k: _finite(v) for k, v in alert.items() if k != "envelope"}
     env = alert["envelope"]
     fields |= {"event_id": env["event_id"], "node": env["node"], "time_us": env["time_us"]}
     if fmt != "slack":
@@ -44,7 +45,7 @@ def payload(alert: dict[str, Any], fmt: str) -> dict[str, Any]:
     facts = [
         (name, alert[name])
         for name in ("run_id", "metric", "step", "value", "baseline")
-        if alert[name] is not None
+        if alert[name] is not None  # an Inf value stays in the text: "inf"
     ]
     facts.append(("node", env["node"]))
     return {
@@ -57,6 +58,11 @@ def payload(alert: dict[str, Any], fmt: str) -> dict[str, Any]:
             }
         ],
     }
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or Inf (the message says which it was)."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,11 @@ class Webhook:
             alert = self._queue.get()
             if alert is None or self._stop.is_set():
                 return
-            self._deliver(alert)
+            try:
+                self._deliver(alert)
+            except Exception:  # one bad alert must not end the webhook for the rest
+                self.dropped += 1
+                log.exception("webhook could not post an alert")
 
     def _deliver(self, alert: dict[str, Any]) -> None:
         body = json.dumps(payload(alert, self.config.fmt), allow_nan=False, default=str).encode()
@@ -193,17 +203,24 @@ class AlertSinks:
                 event_id=alert["envelope"]["event_id"],
             )
             if self._producer is not None:
-                key = (alert["run_id"] or alert["envelope"]["node"]).encode()
-                self._producer.produce(
-                    self.topic,
-                    value=encode(self.registry, "Alert", alert),
-                    key=key,
-                    on_delivery=self._delivered,
-                )
+                self._publish(alert)
             if self.webhook is not None:
                 self.webhook.send(alert)
         if self._producer is not None:
             self._producer.poll(0)
+
+    def _publish(self, alert: dict[str, Any]) -> None:
+        """To the alerts topic; a full local queue (Kafka away for long) or an
+        alert that does not encode is counted and logged, never raised into
+        ingestion."""
+        assert self._producer is not None
+        key = (alert["run_id"] or alert["envelope"]["node"]).encode()
+        try:
+            value = encode(self.registry, "Alert", alert)
+            self._producer.produce(self.topic, value=value, key=key, on_delivery=self._delivered)
+        except (BufferError, KafkaException, SchemaError) as exc:
+            self.undelivered += 1
+            log.error("alert not sent to its topic", error=str(exc))
 
     def _delivered(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,11 @@ def alerting(
     sinks = AlertSinks(
         default_registry(), config.kafka_topic_prefix, config.kafka_bootstrap, webhook
     )
+    watcher = Watcher(rules, history, clock=time.time)
     if metrics is None:
-        return Alerting(Watcher(rules, history), sinks)
+        return Alerting(watcher, sinks)
     metrics.watch_alert_sinks(sinks)
-    return Alerting(Watcher(rules, history), sinks, metrics.alerts)
+    return Alerting(watcher, sinks, metrics.alerts)
 
 
 @click.group()

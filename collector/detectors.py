@@ -269,16 +269,23 @@ class StallDetector:
         self.run_id = run_id
         self.config = config or StallConfig()
         self._last: tuple[int, float] | None = None  # (step, when it arrived, s)
+        self._event_s = 0.0  # event time of the last step
         self._gap: float | None = None  # EWMA of seconds between new steps
         self._stalled = False
 
-    def observe(self, step: int, at_s: float) -> list[Finding]:
+    def observe(self, step: int, at_s: float, arrived_s: float | None = None) -> list[Finding]:
+        """A step at event time `at_s`, seen at `arrived_s` (default: `at_s`).
+        The usual interval is learnt from event times; silence is measured
+        from arrivals, so a backlog read long after it was written (a collector
+        catching up) is not a stall while its steps keep coming."""
         out: list[Finding] = []
         if self._last is not None and step > self._last[0]:
-            gap = max(0.0, at_s - self._last[1])
+            # per step: a message may carry many steps since the last one
+            gap = max(0.0, at_s - self._event_s) / (step - self._last[0])
             self._gap = gap if self._gap is None else 0.8 * self._gap + 0.2 * gap
         if self._last is None or step > self._last[0]:
-            self._last = (step, at_s)
+            self._last = (step, at_s if arrived_s is None else arrived_s)
+            self._event_s = at_s
             if self._stalled:
                 self._stalled = False
                 out.append(self._finding("resolved", step, f"run {self.run_id} stepping again"))

@@ -52,10 +52,12 @@ class HardwareWatch:
     _last_seen: dict[str, int] = field(default_factory=dict)  # node -> time_us
     _silent: set[str] = field(default_factory=set)
 
-    def observe(self, name: str, r: dict[str, Any]) -> list[Hit]:
+    def observe(self, name: str, r: dict[str, Any], arrived_us: int | None = None) -> list[Hit]:
+        """Findings of one GPU/host message; `arrived_us` (default: its event
+        time) is when it was seen, what node silence is measured from."""
         env = r["envelope"]
         node, t = env["node"], int(env["time_us"])
-        out = self._heard(node, t)
+        out = self._heard(node, t if arrived_us is None else arrived_us)
         if name == "GpuEvent":
             out += self._event(r)
         elif name == "GpuSample":

@@ -172,9 +172,18 @@ class Watcher:
     rebalance, in the middle of an episode neither raises it again nor loses
     the baseline it needs to see the next one."""
 
-    def __init__(self, rules: AlertRules | None = None, history: History | None = None) -> None:
+    def __init__(
+        self,
+        rules: AlertRules | None = None,
+        history: History | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.rules = rules or AlertRules()
         self.history = history
+        # Wall clock (s) for stalls and silent nodes: silence counts from when data
+        # arrived, not from its event time, which lags in a backlog. None: event
+        # time stands in (a replay, `traintrail alerts test`).
+        self.clock = clock
         self._known_runs: set[str] = set()
         self._series: OrderedDict[tuple[str, str], _Series] = OrderedDict()
         self._stalls: dict[str, StallDetector] = {}
@@ -198,7 +207,7 @@ class Watcher:
         if name in ("GpuSample", "GpuEvent", "HostSample"):
             return [
                 alert_event(run, env["node"], None, f, env["time_us"], sev)
-                for run, f, sev in self.hardware.observe(name, r)
+                for run, f, sev in self.hardware.observe(name, r, self._arrived_us())
             ]
         return []
 
@@ -211,6 +220,9 @@ class Watcher:
         for node, f in self.hardware.silent(now_us):
             out.append(alert_event(None, node, None, f, now_us, "warning"))
         return out
+
+    def _arrived_us(self) -> int | None:
+        return None if self.clock is None else int(self.clock() * 1e6)
 
     def prime(self, run_id: str, metric: str, steps: list[int], values: list[float]) -> None:
         """Feed history without raising anything: rebuilding state after a restart."""
@@ -288,7 +300,12 @@ class Watcher:
         if stall is None:
             stall = self._stalls[run_id] = StallDetector(run_id, self.rules.stall)
         out = []
-        for f in stall.observe(int(step.max()), float(time_us.max()) / 1e6):
+        arrived = self._arrived_us()
+        for f in stall.observe(
+            int(step.max()),
+            float(time_us.max()) / 1e6,
+            None if arrived is None else arrived / 1e6,
+        ):
             out.append(alert_event(run_id, node, None, f, int(time_us.max())))
         finite = np.isfinite(value)
         for k in np.unique(idx):

@@ -99,7 +99,7 @@ def _alerting(
         config.kafka_bootstrap,
         WebhookConfig(url, **webhook),
     )
-    return Watcher(rules, history), sinks
+    return Watcher(rules, history, clock=time.time), sinks
 
 
 def _stored(store: Store, run_id: str) -> list[tuple[str, str, int]]:
@@ -132,6 +132,8 @@ def test_spike_reaches_topic_table_and_webhook(
     _run(pipeline, lambda: _stored(ch_store, run_id) == want)
     _wait(lambda: len(receiver.bodies) == 2)
     assert [(b["detector"], b["state"], b["step"]) for b in receiver.bodies] == want
+    # The curve's event times are years old, yet it arrived just now: no stall.
+    assert all(b["detector"] == "spike" for b in receiver.bodies)
     first = receiver.bodies[0]
     assert (
         first["run_id"] == run_id and first["metric"] == "loss" and first["severity"] == "warning"
@@ -220,6 +222,9 @@ def test_webhook_retries_and_slack_payload() -> None:
         receiver.close()
     flat = payload(alert, "json")
     assert flat["event_id"] == alert["envelope"]["event_id"] and "envelope" not in flat
+    inf = {**alert, "value": float("inf")}  # JSON has no Inf: null, the message says it
+    assert payload(inf, "json")["value"] is None
+    json.dumps(payload(inf, "slack"), allow_nan=False)
     with pytest.raises(ValueError, match="http"):
         WebhookConfig("file:///etc/passwd")
 

@@ -169,3 +169,16 @@ def test_preview_of_csv_and_parquet_files(tmp_path: Path) -> None:
     pq.write_table(table, tmp_path / "b.parquet")
     found = preview_file(AlertRules(), tmp_path / "b.parquet")
     assert [(a["run_id"], a["step"]) for a in found] == [("b", 900), ("b", 901)]
+
+
+def test_a_backlog_read_late_is_not_a_stall_but_silence_after_it_is() -> None:
+    """Event times years old (a collector catching up, a backfill): silence is
+    counted from arrival, the usual step interval from event time."""
+    now = [2_000_000_000.0]
+    watcher = Watcher(AlertRules(), clock=lambda: now[0])
+    _feed(watcher, _messages("r1", _curve(600)))  # steps a second apart, in 2023
+    assert watcher.tick(int((now[0] + 5) * 1e6)) == []
+    now[0] += 100  # then nothing for 100 s: over 60 s and 10x the 1 s cadence
+    stalled = watcher.tick(int(now[0] * 1e6))
+    assert _what(stalled) == [("stall", "firing", None, 599)]
+    assert watcher.tick(int((now[0] + 50) * 1e6)) == []  # one alert per stall

@@ -23,6 +23,7 @@ import structlog
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 
 from schemas import Registry, SchemaError, decode
+from schemas.alert_json import flat_alert
 from schemas.topics import topic_for
 
 __all__ = ["AlertRelay"]
@@ -93,7 +94,7 @@ class AlertRelay:
             kept = self._alerts.get(alert.get("run_id") or "")
             if kept is not None:
                 self._seq += 1
-                kept.append({**_plain(alert), "seq": self._seq})
+                kept.append({**flat_alert(alert), "seq": self._seq})
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Start `_REWIND_S` back rather than at the end: joining the group can
@@ -127,15 +128,3 @@ class AlertRelay:
             log.error("alert relay stopped", error=str(exc))
         finally:
             self._consumer.close()
-
-
-def _plain(alert: dict[str, Any]) -> dict[str, Any]:
-    """JSON-ready: the envelope reduced to id, time and node."""
-    env = alert["envelope"]
-    out = {k: v for k, v in alert.items() if k != "envelope"}
-    out.update(event_id=env["event_id"], time_us=env["time_us"], node=env["node"])
-    for key in ("value", "baseline"):
-        v = out.get(key)
-        if isinstance(v, float) and v != v:
-            out[key] = None
-    return out

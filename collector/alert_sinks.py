@@ -12,7 +12,6 @@ counter and a log line (the topic and table still have it).
 from __future__ import annotations
 
 import json
-import math
 import queue
 import threading
 import time
@@ -25,6 +24,7 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from schemas import Registry, SchemaError, encode
+from schemas.alert_json import flat_alert
 from schemas.topics import topic_for
 
 __all__ = ["AlertSinks", "Webhook", "WebhookConfig", "payload"]
@@ -36,11 +36,9 @@ _COLORS = {"critical": "#d00000", "warning": "#f2a900", "info": "#2eb67d"}
 
 def payload(alert: dict[str, Any], fmt: str) -> dict[str, Any]:
     """The webhook body of one alert: `json` (its fields) or `slack`."""
-    fields = {k: _finite(v) for k, v in alert.items() if k != "envelope"}
-    env = alert["envelope"]
-    fields |= {"event_id": env["event_id"], "node": env["node"], "time_us": env["time_us"]}
     if fmt != "slack":
-        return fields
+        return flat_alert(alert)
+    env = alert["envelope"]
     head = f"[{alert['severity']}] {alert['detector']} {alert['state']}"
     facts = [
         (name, alert[name])
@@ -58,11 +56,6 @@ def payload(alert: dict[str, Any], fmt: str) -> dict[str, Any]:
             }
         ],
     }
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or Inf (the message says which it was)."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Streaming detectors over one metric series: spikes, non-finite values, divergence.
 
-Issue 7's first step: the detection logic alone, as plain objects fed one
-point at a time, with state bounded by a window. Wiring them to the
-collector's stream, alert sinks and restarts comes next.
+The detection logic alone, as plain objects fed one point at a time, with
+state bounded by a window; collector/watch.py feeds them from the stream and
+turns their findings into alerts.
 
 A loss spike is judged against a robust baseline of the last `window` finite
 points, kept sorted so its quantiles cost a lookup: the median, the spread
@@ -15,8 +15,8 @@ quantile's distance from the median. The last one is what keeps heavy-tailed
 mini-batch noise quiet: when a few hard examples make one batch in fifty cost
 ten times the median (a near-solved classification task does this), such
 batches are in the window's tail already, and only a jump well past them is
-news; with light-tailed noise it is no stricter than the spread rule. Nothing is judged during
-`warmup` points. One finding opens an episode; the next point back under the
+news; with light-tailed noise it is no stricter than the spread rule. Nothing
+is judged during `warmup` points. One finding opens an episode; the next point back under the
 threshold closes it (a `resolved` finding), so a spike lasting 50 steps is
 one alert.
 """
@@ -38,6 +38,8 @@ __all__ = [
     "SpikeConfig",
     "StallConfig",
     "StallDetector",
+    "is_grad_norm",
+    "nonfinite_finding",
     "spike_config_for",
 ]
 
@@ -59,9 +61,17 @@ class SpikeConfig:
 GRAD_SPIKE = SpikeConfig(z=10.0, min_rel=2.0, tail_factor=6.0)
 
 
-def spike_config_for(metric: str, default: SpikeConfig | None = None) -> SpikeConfig:
-    """Gradient-norm metrics (a name containing "grad") get GRAD_SPIKE."""
-    return GRAD_SPIKE if "grad" in metric.lower() else (default or SpikeConfig())
+def is_grad_norm(metric: str) -> bool:
+    """A gradient norm (a name containing "grad"): spikes with wider bounds, and
+    no divergence (a rising gradient norm is not a rising loss)."""
+    return "grad" in metric.lower()
+
+
+def spike_config_for(
+    metric: str, default: SpikeConfig | None = None, grad: SpikeConfig = GRAD_SPIKE
+) -> SpikeConfig:
+    """Gradient-norm metrics get `grad`, the others `default`."""
+    return grad if is_grad_norm(metric) else (default or SpikeConfig())
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,23 @@ class Finding:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+def nonfinite_finding(
+    metric: str, state: str, step: int, value: float, params: dict[str, Any] | None = None
+) -> Finding:
+    """A NaN/Inf episode's start (the value) or end (the first finite value)."""
+    message = (
+        f"{metric} is {value} at step {step}"
+        if state == "firing"
+        else f"{metric} finite again at step {step}"
+    )
+    return Finding("nonfinite", state, step, value, math.nan, message, params or {})
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """The `q` quantile of sorted values, nearest rank."""
+    return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
+
+
 class SeriesDetector:
     """Detectors for one (run, metric) series; `update` returns what changed."""
 
@@ -118,9 +145,6 @@ class SeriesDetector:
         self._best_block: float = math.inf
         self._rising = 0
 
-    def is_open(self, detector: str) -> bool:
-        return detector in self._open
-
     def reopen(self, detector: str) -> None:
         """Continue an episode raised before a restart (its resolve still comes)."""
         self._open.add(detector)
@@ -131,28 +155,12 @@ class SeriesDetector:
             if "nonfinite" not in self._open:
                 self._open.add("nonfinite")
                 out.append(
-                    self._finding(
-                        "nonfinite",
-                        "firing",
-                        step,
-                        value,
-                        math.nan,
-                        f"{self.metric} is {value} at step {step}",
-                    )
+                    nonfinite_finding(self.metric, "firing", step, value, asdict(self.spike))
                 )
             return out
         if "nonfinite" in self._open:
             self._open.discard("nonfinite")
-            out.append(
-                self._finding(
-                    "nonfinite",
-                    "resolved",
-                    step,
-                    value,
-                    math.nan,
-                    f"{self.metric} finite again at step {step}",
-                )
-            )
+            out.append(nonfinite_finding(self.metric, "resolved", step, value, asdict(self.spike)))
         out += self._spike(step, value)
         if self.divergence is not None:
             out += self._diverge(step, value, self.divergence)
@@ -163,13 +171,14 @@ class SeriesDetector:
         out: list[Finding] = []
         self._seen += 1
         if self._seen > cfg.warmup and len(self._recent) >= min(cfg.window, cfg.warmup):
-            median = self._quantile(0.5)
-            spread = (self._quantile(0.75) - self._quantile(0.25)) / _IQR_SCALE
+            ordered = self._sorted
+            median = _quantile(ordered, 0.5)
+            spread = (_quantile(ordered, 0.75) - _quantile(ordered, 0.25)) / _IQR_SCALE
             threshold = max(
                 median + cfg.z * spread,
                 median + cfg.min_rel * abs(median),
                 median + cfg.min_abs,
-                median + cfg.tail_factor * (self._quantile(cfg.tail_q) - median),
+                median + cfg.tail_factor * (_quantile(ordered, cfg.tail_q) - median),
             )
             if value > threshold:
                 if "spike" not in self._open:
@@ -205,18 +214,13 @@ class SeriesDetector:
             del self._sorted[bisect.bisect_left(self._sorted, old)]
         return out
 
-    def _quantile(self, q: float) -> float:
-        values = self._sorted
-        return values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))]
-
     def _diverge(self, step: int, value: float, cfg: DivergenceConfig) -> list[Finding]:
         self._block.append(value)
         if len(self._block) < max(1, cfg.window // 4):
             return []
         ordered = sorted(self._block)
-        n = len(ordered) - 1
         block = statistics.median(ordered)
-        spread = (ordered[round(0.75 * n)] - ordered[round(0.25 * n)]) / _IQR_SCALE
+        spread = (_quantile(ordered, 0.75) - _quantile(ordered, 0.25)) / _IQR_SCALE
         self._block = []
         out: list[Finding] = []
         best = self._best_block

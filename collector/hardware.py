@@ -37,12 +37,32 @@ class HardwareConfig:
 
 
 @dataclass
+class _Hold:
+    """A condition that counts once it has held `hold_s`."""
+
+    since: int | None = None  # time_us it became active
+    open: bool = False
+
+    def update(self, active: bool, t: int, hold_s: float) -> str | None:
+        """'firing' when it has held `hold_s`, 'resolved' when it ends after that."""
+        if not active:
+            self.since = None
+            if self.open:
+                self.open = False
+                return "resolved"
+            return None
+        if self.since is None:
+            self.since = t
+        if not self.open and t - self.since >= hold_s * 1e6:
+            self.open = True
+            return "firing"
+        return None
+
+
+@dataclass
 class _Gpu:
     ecc_uncorrected: int | None = None
-    throttle_since: int | None = None  # time_us
-    throttle_open: bool = False
-    gpu_idle_since: int | None = None
-    gpu_idle_open: bool = False
+    holds: dict[str, _Hold] = field(default_factory=dict)  # detector -> its condition
 
 
 @dataclass
@@ -144,31 +164,13 @@ class HardwareWatch:
                  f"{where} busy again ({util} %)")
             )  # fmt: skip
         for detector, active, hold_s, value, firing, resolved in held_for:
-            state = self._held(gpu, detector, active, t, hold_s)
+            state = gpu.holds.setdefault(detector, _Hold()).update(active, t, hold_s)
             if state is not None:
                 text = firing if state == "firing" else resolved
                 f = self._finding(detector, state, value, text, gpu=r["gpu_uuid"])
                 severity = "warning" if state == "firing" else "info"
                 out += [(run, f, severity) for run in (runs or [None])]
         return out
-
-    @staticmethod
-    def _held(gpu: _Gpu, what: str, active: bool, t: int, hold_s: float) -> str | None:
-        """'firing' when `active` has held `hold_s`, 'resolved' when it ends after that."""
-        since, is_open = getattr(gpu, f"{what}_since"), getattr(gpu, f"{what}_open")
-        if not active:
-            setattr(gpu, f"{what}_since", None)
-            if is_open:
-                setattr(gpu, f"{what}_open", False)
-                return "resolved"
-            return None
-        if since is None:
-            setattr(gpu, f"{what}_since", t)
-            since = t
-        if not is_open and t - since >= hold_s * 1e6:
-            setattr(gpu, f"{what}_open", True)
-            return "firing"
-        return None
 
     def _finding(
         self,
@@ -179,7 +181,7 @@ class HardwareWatch:
         baseline: float = math.nan,
         gpu: str | None = None,
     ) -> Finding:
-        params: dict[str, Any] = {k: v for k, v in asdict(self.config).items()}
+        params: dict[str, Any] = asdict(self.config)
         if gpu is not None:
             params["gpu_uuid"] = gpu
         return Finding(detector, state, -1, value, baseline, message, params)

@@ -26,7 +26,7 @@ import math
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,9 @@ from collector.detectors import (
     SpikeConfig,
     StallConfig,
     StallDetector,
+    is_grad_norm,
+    nonfinite_finding,
+    spike_config_for,
 )
 from collector.hardware import HardwareConfig, HardwareWatch
 from collector.router import metric_columns
@@ -74,26 +77,27 @@ class AlertRules:
         return any(fnmatch.fnmatchcase(metric, p) for p in self.metrics)
 
     def spike_for(self, metric: str) -> SpikeConfig:
-        return self.grad_spike if "grad" in metric.lower() else self.spike
+        return spike_config_for(metric, self.spike, self.grad_spike)
 
 
 def rules_from_config(config: Any) -> AlertRules:
     """The `[alerts]` settings of a CollectorConfig as rules."""
+    spike = SpikeConfig(
+        window=config.alerts_spike_window,
+        warmup=config.alerts_spike_warmup,
+        z=config.alerts_spike_z,
+        min_rel=config.alerts_spike_min_rel,
+        min_abs=config.alerts_spike_min_abs,
+        tail_factor=config.alerts_spike_tail_factor,
+    )
     return AlertRules(
         metrics=tuple(p.strip() for p in config.alerts_metrics.split(",") if p.strip()),
-        spike=SpikeConfig(
-            window=config.alerts_spike_window,
-            warmup=config.alerts_spike_warmup,
-            z=config.alerts_spike_z,
-            min_rel=config.alerts_spike_min_rel,
-            min_abs=config.alerts_spike_min_abs,
-            tail_factor=config.alerts_spike_tail_factor,
-        ),
-        grad_spike=SpikeConfig(
-            window=config.alerts_spike_window,
-            warmup=config.alerts_spike_warmup,
+        spike=spike,
+        grad_spike=replace(  # the same window and warm-up; no absolute floor
+            spike,
             z=config.alerts_grad_z,
             min_rel=config.alerts_grad_min_rel,
+            min_abs=0.0,
             tail_factor=config.alerts_grad_tail_factor,
         ),
         divergence=(
@@ -152,7 +156,7 @@ def alert_event(
 @dataclass
 class _Series:
     detector: SeriesDetector | None  # None: an unwatched metric, NaN/Inf check only
-    nonfinite_open: bool = False
+    nonfinite_open: bool = False  # an unwatched metric's NaN/Inf episode (else the detector's)
     quiet_until: dict[str, int] = field(default_factory=dict)  # detector -> time_us
     muted: set[str] = field(default_factory=set)  # detectors whose episode is muted
 
@@ -230,7 +234,6 @@ class Watcher:
         if series.detector is not None:
             for step, value in zip(steps, values, strict=True):
                 series.detector.update(step, value)
-                series.nonfinite_open = series.detector.is_open("nonfinite")
         elif values:
             series.nonfinite_open = not math.isfinite(values[-1])
 
@@ -269,10 +272,10 @@ class Watcher:
     def reopen(self, run_id: str, metric: str, detector: str) -> None:
         """An episode the alerts table shows firing and unresolved: continue it."""
         series = self._get(run_id, metric)
-        if detector == "nonfinite":
-            series.nonfinite_open = True
         if series.detector is not None:
             series.detector.reopen(detector)
+        elif detector == "nonfinite":
+            series.nonfinite_open = True
 
     # -- metrics ---------------------------------------------------------------------
 
@@ -345,11 +348,7 @@ class Watcher:
         for i in np.flatnonzero(bad != before).tolist():
             j = int(where[i])
             s, v = int(step[j]), float(value[j])
-            if bad[i]:
-                f = Finding("nonfinite", "firing", s, v, math.nan, f"{metric} is {v} at step {s}")
-            else:
-                f = Finding("nonfinite", "resolved", s, v, math.nan,
-                            f"{metric} finite again at step {s}")  # fmt: skip
+            f = nonfinite_finding(metric, "firing" if bad[i] else "resolved", s, v)
             if self._allowed(series, f, int(time_us[j])):
                 out.append(alert_event(run_id, node, metric, f, int(time_us[j])))
         series.nonfinite_open = bool(bad[-1])
@@ -375,8 +374,7 @@ class Watcher:
         if series is None:
             detector = None
             if self.rules.watched(metric):
-                # gradient norms spike; a rising loss diverges
-                divergence = None if "grad" in metric.lower() else self.rules.divergence
+                divergence = None if is_grad_norm(metric) else self.rules.divergence
                 detector = SeriesDetector(metric, self.rules.spike_for(metric), divergence)
             series = self._series[key] = _Series(detector)
             if len(self._series) > _MAX_SERIES:

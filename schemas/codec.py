@@ -36,6 +36,11 @@ class Decoded:
 def encode(registry: Registry, name: str, record: dict[str, Any]) -> bytes:
     """Encode `record` with the current schema of `name`."""
     schema = registry.current(name)
+    if schema.write is not None:
+        try:
+            return schema.write(record, schema.head)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            raise EncodeError(f"{name}: {exc}") from exc
     buf = io.BytesIO()
     buf.write(MARKER)
     buf.write(schema.fingerprint)

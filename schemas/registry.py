@@ -20,6 +20,7 @@ from fastavro import parse_schema
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from schemas.errors import UnknownFingerprintError, UnknownSchemaError
+from schemas.fastwrite import Writer, compile_writer
 
 __all__ = ["AVRO_DIR", "Registry", "SchemaVersion", "default_registry"]
 
@@ -36,6 +37,13 @@ class SchemaVersion:
     fingerprint: bytes
     parsed: Any
     path: Path
+    # The compiled writer (schemas/fastwrite.py); None: fastavro writes this one.
+    write: Writer | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def head(self) -> bytes:
+        """The single-object header of messages written with this version."""
+        return b"\xc3\x01" + self.fingerprint
 
 
 @dataclass
@@ -64,7 +72,7 @@ class Registry:
         # single-object encoding puts after C3 01.
         fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
         _bytes_defaults(parsed)  # after the fingerprint: defaults are not in the canonical form
-        entry = SchemaVersion(name, version, fp, parsed, path)
+        entry = SchemaVersion(name, version, fp, parsed, path, compile_writer(parsed))
         self.versions.setdefault(name, []).append(entry)
         self.versions[name].sort(key=lambda v: v.version)
         self.by_fingerprint[fp] = entry

@@ -1,0 +1,151 @@
+"""The compiled writers write exactly fastavro's bytes, and refuse what it refuses."""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import pytest
+from fastavro import parse_schema, schemaless_writer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas import EncodeError, default_registry, encode
+from schemas.fastwrite import compile_writer
+from schemas.registry import SchemaVersion
+from schemas.topics import TOPIC_OF
+from tests.samples import record
+
+ALL_VERSIONS = [v for vs in default_registry().versions.values() for v in vs]
+
+
+def _fastavro(schema: Any, rec: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    schemaless_writer(buf, schema, rec)
+    return buf.getvalue()
+
+
+def _values(schema: Any) -> st.SearchStrategy[Any]:
+    """Records of `schema` covering the edges: varint widths, int64 limits,
+    NaN/Inf, empty and long strings, unicode, empty arrays and maps."""
+    if isinstance(schema, list):
+        return st.one_of(*[_values(s) for s in schema])
+    kind = schema if isinstance(schema, str) else schema["type"]
+    if kind == "null":
+        return st.none()
+    if kind == "boolean":
+        return st.booleans()
+    if kind == "int":
+        return st.integers(-(2**31), 2**31 - 1)
+    if kind == "long":
+        return st.one_of(st.integers(-200, 200), st.integers(-(2**63), 2**63 - 1))
+    if kind in ("double", "float"):
+        return st.floats(allow_nan=True, allow_infinity=True, width=64 if kind == "double" else 32)
+    if kind == "string":
+        return st.text(max_size=80)
+    if kind == "bytes":
+        return st.binary(max_size=80)
+    if kind == "array":
+        return st.lists(_values(schema["items"]), max_size=70)
+    if kind == "map":
+        return st.dictionaries(st.text(max_size=8), _values(schema["values"]), max_size=5)
+    if kind == "record":
+        return st.fixed_dictionaries({f["name"]: _values(f["type"]) for f in schema["fields"]})
+    raise AssertionError(f"no strategy for {kind}")
+
+
+def test_every_schema_version_compiles() -> None:
+    missing = [f"{v.name} v{v.version}" for v in ALL_VERSIONS if v.write is None]
+    assert not missing, f"left to fastavro: {missing}"
+
+
+@pytest.mark.parametrize("kind", sorted(TOPIC_OF))
+def test_sample_records_match_fastavro(kind: str) -> None:
+    schema = default_registry().current(kind)
+    rec = record(kind)
+    assert schema.write is not None
+    assert schema.write(rec) == _fastavro(schema.parsed, rec)
+
+
+@pytest.mark.parametrize("version", ALL_VERSIONS, ids=lambda v: f"{v.name}-v{v.version}")
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_generated_records_match_fastavro(version: SchemaVersion, data: st.DataObject) -> None:
+    rec = data.draw(_values(version.parsed))
+    assert version.write is not None
+    assert version.write(rec) == _fastavro(version.parsed, rec)
+
+
+def test_missing_fields_take_defaults_and_nulls_as_fastavro() -> None:
+    schema = default_registry().current("Metrics")
+    rec = record("Metrics")
+    for name in ("step", "time_us", "name_idx", "value", "step_le", "value_le"):
+        rec.pop(name, None)
+    assert schema.write is not None
+    assert schema.write(rec) == _fastavro(schema.parsed, rec)
+    gpu = default_registry().current("GpuSample")
+    sparse = {k: v for k, v in record("GpuSample").items() if not k.startswith("violation")}
+    assert gpu.write is not None
+    assert gpu.write(sparse) == _fastavro(gpu.parsed, sparse)
+
+
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [
+        ("index", "0"),  # string for an int
+        ("index", 2.5),  # float for an int
+        ("index", 2**40),  # out of int32
+        ("memory_used_bytes", 2**64),  # out of int64
+        ("power_w", "300"),  # string for a double
+        ("name", 5),  # int for a string
+        ("remapped_rows_pending", 1),  # int for a boolean
+        ("processes", [{"pid": "x"}]),  # bad nested record
+    ],
+)
+def test_bad_values_are_encode_errors(field: str, bad: Any) -> None:
+    rec = record("GpuSample")
+    rec[field] = bad
+    with pytest.raises(EncodeError, match="GpuSample"):
+        encode(default_registry(), "GpuSample", rec)
+
+
+def test_missing_required_field_is_an_encode_error() -> None:
+    rec = record("GpuSample")
+    del rec["gpu_uuid"]
+    with pytest.raises(EncodeError):
+        encode(default_registry(), "GpuSample", rec)
+
+
+def test_numpy_scalars_write_as_python_numbers() -> None:
+    np = pytest.importorskip("numpy")
+    gpu = default_registry().current("GpuSample")
+    rec = record("GpuSample")
+    as_numpy = {**rec, "memory_used_bytes": np.int64(10), "power_w": np.float64(300.5)}
+    assert gpu.write is not None
+    assert gpu.write(as_numpy) == gpu.write({**rec, "memory_used_bytes": 10, "power_w": 300.5})
+
+
+def test_unsupported_constructs_are_left_to_fastavro() -> None:
+    enum = parse_schema(
+        {
+            "type": "record",
+            "name": "E",
+            "fields": [{"name": "e", "type": {"type": "enum", "name": "S", "symbols": ["A"]}}],
+        },
+        named_schemas={},
+    )
+    two_branches = parse_schema(
+        {"type": "record", "name": "U", "fields": [{"name": "u", "type": ["int", "string"]}]},
+        named_schemas={},
+    )
+    assert compile_writer(enum) is None
+    assert compile_writer(two_branches) is None
+
+
+def test_nan_and_infinity_keep_their_bits() -> None:
+    gpu = default_registry().current("GpuSample")
+    assert gpu.write is not None
+    for v in (math.nan, math.inf, -math.inf, -0.0):
+        rec = {**record("GpuSample"), "power_w": v}
+        assert gpu.write(rec) == _fastavro(gpu.parsed, rec)

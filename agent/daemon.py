@@ -31,7 +31,7 @@ from agent.metrics import StatusServer, status
 from agent.runs import RunRegistry
 from agent.shipper import Shipper
 from agent.sources.base import Source
-from agent.sources.sdk_socket import SdkSocketServer, unpack_columns
+from agent.sources.sdk_socket import SdkSocketServer
 from agent.spool import Spool
 from schemas import SchemaError, decode, default_registry, event_hash
 from schemas.logs import configure_logging
@@ -324,17 +324,8 @@ def import_sdk_spools(ingest: Ingest, directory: Path) -> int:
             except (ValueError, KeyError, TypeError):
                 log.warning("sdk spool: unreadable line skipped", file=path.name, line=number)
                 continue
-            # The lines are the SDK socket's: Metrics columns still in base64.
-            events, bad = unpack_columns(events if isinstance(events, list) else [])
-            accepted, rejected = ingest.accept(events, SDK_TYPES)
+            accepted, _rejected = ingest.accept(events, SDK_TYPES)
             total += accepted
-            if bad or rejected:
-                log.error(
-                    "sdk spool: events rejected",
-                    file=path.name,
-                    line=number,
-                    rejected=len(bad) + len(rejected),
-                )
         path.unlink()
     return total
 

@@ -7,9 +7,7 @@ and the chain must continue where it stopped when the agent comes back.
 from __future__ import annotations
 
 import json
-import math
 import socket
-import struct
 import uuid
 from pathlib import Path
 from typing import Any
@@ -127,50 +125,6 @@ def test_sdk_spool_of_an_ended_process_is_imported(tmp_path: Path) -> None:
     agent.stop()
     assert not list(sdk_spool.glob("*.jsonl"))
     assert [e["run_id"] for e in _spooled(tmp_path)] == ["r9"]
-
-
-def test_sdk_spooled_metrics_are_imported_with_their_points(tmp_path: Path) -> None:
-    """Lines the SDK spooled carry base64 columns, in both of its forms (per
-    call when every call logs the same names, per point otherwise): the
-    import decodes them as the socket does, so no point is lost."""
-    import logging
-
-    from agent.sdk.encode import Encoder
-    from agent.sdk.warn import WarnOnce
-
-    encoder = Encoder("r9", "run/r9", WarnOnce(logging.getLogger("test")))
-    t0 = 1_700_000_000_000_000_000
-    uniform = [(i, t0 + i * 1000, {"loss": 1.0 / (i + 1), "acc": i / 10}) for i in range(5)]
-    mixed = [(5, t0 + 5000, {"loss": 0.1}), (6, t0 + 6000, {"acc": 0.9, "loss": float("nan")})]
-    lines = encoder.lines(list(uniform)) + encoder.lines(list(mixed))
-    assert '"points_per_call"' in lines[0] and '"points_per_call"' not in lines[1]
-    sdk_spool = tmp_path / "sdk-spool"
-    sdk_spool.mkdir()
-    dead_pid = 2**22 + 17
-    (sdk_spool / f"r9.{dead_pid}.jsonl").write_text("\n".join(lines) + "\n")
-    agent = _agent(tmp_path)
-    agent.start()
-    agent.stop()
-    assert not list(sdk_spool.glob("*.jsonl"))
-    points = []
-    for rec in _spooled(tmp_path):
-        steps = struct.unpack(f"<{len(rec['step_le']) // 8}q", rec["step_le"])
-        times = struct.unpack(f"<{len(steps)}q", rec["time_us_le"])
-        idx = struct.unpack(f"<{len(steps)}i", rec["name_idx_le"])
-        vals = struct.unpack(f"<{len(steps)}d", rec["value_le"])
-        points += [
-            (s, t, rec["names"][i], v) for s, t, i, v in zip(steps, times, idx, vals, strict=True)
-        ]
-    expected = [
-        (step, t_ns // 1000, name, value)
-        for step, t_ns, metrics in uniform + mixed
-        for name, value in metrics.items()
-    ]
-    assert [p[:3] for p in points] == [e[:3] for e in expected]
-    assert all(
-        p[3] == e[3] or (math.isnan(p[3]) and math.isnan(e[3]))
-        for p, e in zip(points, expected, strict=True)
-    )
 
 
 def _raw(path: Path, data: bytes) -> dict[str, Any]:

@@ -153,20 +153,12 @@ def _value(src: _Source, indent: int, schema: Any, v: str) -> None:
         src.emit(indent, f"out += _float({v})")
     elif kind == "boolean":
         src.emit(indent, f"out.append(_boolean({v}))")
-    elif kind == "string":
-        e = src.var("e")
-        src.emit(indent, f"{e} = {v}.encode()")
-        n = src.var("n")
-        src.emit(indent, f"{n} = len({e})")
+    elif kind in ("string", "bytes"):
+        data, n = src.var("d"), src.var("n")
+        src.emit(indent, f"{data} = {v}.encode()" if kind == "string" else f"{data} = _blob({v})")
+        src.emit(indent, f"{n} = len({data})")
         _length(src, indent, n)
-        src.emit(indent, f"out += {e}")
-    elif kind == "bytes":
-        b = src.var("b")
-        src.emit(indent, f"{b} = _blob({v})")
-        n = src.var("n")
-        src.emit(indent, f"{n} = len({b})")
-        _length(src, indent, n)
-        src.emit(indent, f"out += {b}")
+        src.emit(indent, f"out += {data}")
     elif kind == "record":
         _record(src, indent, schema, v)
     elif kind == "array":

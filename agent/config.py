@@ -27,6 +27,11 @@ class AgentConfig:
         "/tmp/traintrail/sdk-spool",  # noqa: S108 - documented default, same as the SDK's
         "Where SDKs spool while the agent is down; imported at agent start.",
     )
+    sdk_spool_scan_s: float = setting(
+        10.0,
+        "How often the running agent imports spools left by SDK processes that have ended "
+        "(a run killed before it could deliver); 0: only at agent start.",
+    )
     agent_alert_relay: bool = setting(
         True,
         "Relay the alerts of local runs from the alerts topic to their training processes "

@@ -31,7 +31,7 @@ from agent.metrics import StatusServer, status
 from agent.runs import RunRegistry
 from agent.shipper import Shipper
 from agent.sources.base import Source
-from agent.sources.sdk_socket import SdkSocketServer
+from agent.sources.sdk_socket import SdkSocketServer, unpack_columns
 from agent.spool import Spool
 from schemas import SchemaError, decode, default_registry, event_hash
 from schemas.logs import configure_logging
@@ -162,9 +162,11 @@ class Agent:
         self._recover_chain()
         log.info("spool checked", records_waiting=waiting, streams=len(self.chain.links))
         self.shipper.start()
-        imported = import_sdk_spools(self.ingest, Path(self.config.sdk_spool_dir))
-        if imported:
-            log.info("imported SDK spools", events=imported)
+        self._import_sdk_spools()
+        if self.config.sdk_spool_scan_s > 0:
+            scan = threading.Thread(target=self._scan_sdk_spools, name="sdk-spool-scan")
+            scan.daemon = True
+            scan.start()
         self.socket.start()
         if self.relay is not None:
             self.relay.start()
@@ -173,6 +175,22 @@ class Agent:
         (Path(self.config.spool_dir) / "agent.url").write_text(self.status_server.url + "\n")
         log.info("status endpoint", url=self.status_server.url)
         self._start_sources()
+
+    def _import_sdk_spools(self) -> None:
+        try:
+            imported = import_sdk_spools(self.ingest, Path(self.config.sdk_spool_dir))
+        except (OSError, SpoolFullError) as exc:  # the files stay; the next scan retries
+            log.error("importing SDK spools failed", error=str(exc))
+            return
+        if imported:
+            log.info("imported SDK spools", events=imported)
+
+    def _scan_sdk_spools(self) -> None:
+        """A run whose process was killed before its sender could deliver leaves its
+        tail (RunFinished included) in the SDK spool; without this it would wait for
+        the agent's next restart."""
+        while not self._stopped.wait(self.config.sdk_spool_scan_s):
+            self._import_sdk_spools()
 
     def _recover_chain(self) -> None:
         for spool in (self.critical, self.samples):
@@ -318,14 +336,30 @@ def import_sdk_spools(ingest: Ingest, directory: Path) -> int:
         pid_text = path.stem.rsplit(".", 1)[-1]
         if pid_text.isdigit() and _alive(int(pid_text)):
             continue
-        for number, line in enumerate(path.read_bytes().splitlines(), 1):
+        lines = path.read_bytes().splitlines()
+        for number, line in enumerate(lines, 1):
             try:
                 events = json.loads(line)["events"]
             except (ValueError, KeyError, TypeError):
                 log.warning("sdk spool: unreadable line skipped", file=path.name, line=number)
                 continue
-            accepted, _rejected = ingest.accept(events, SDK_TYPES)
+            # The lines are the SDK socket's: Metrics columns still in base64.
+            events, bad = unpack_columns(events if isinstance(events, list) else [])
+            try:
+                accepted, rejected = ingest.accept(events, SDK_TYPES)
+            except SpoolFullError:  # keep what is not yet in the spool, and only that
+                rest = path.with_suffix(".rest")
+                rest.write_bytes(b"".join(x + b"\n" for x in lines[number - 1 :]))
+                rest.replace(path)
+                raise
             total += accepted
+            if bad or rejected:
+                log.error(
+                    "sdk spool: events rejected",
+                    file=path.name,
+                    line=number,
+                    rejected=len(bad) + len(rejected),
+                )
         path.unlink()
     return total
 

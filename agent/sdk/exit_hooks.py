@@ -6,7 +6,8 @@ still leave a finished run behind. `start_run` registers each run in
 as "killed" (`agent.sdk.signals`); an uncaught exception is remembered by
 `sys.excepthook`, so the atexit handler finishes open runs as "failed" or
 "killed"; otherwise they finish as "finished". Runs of a forked child's parent
-are left to the parent.
+are left to the parent. A signal's finish runs on its own thread from the
+moment the signal arrives; the atexit handler waits for it (bounded) first.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def _kill_open_runs(reason: str) -> None:
 
 
 def _finish_open_runs() -> None:
+    _signals.wait_for_kill()  # a SIGTERM/SIGINT's finish, started by its handler, ends first
     exc = _uncaught[-1] if _uncaught else None
     for run in list(OPEN_RUNS):
         if run._pid != os.getpid():

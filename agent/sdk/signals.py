@@ -2,17 +2,28 @@
 
 Installed by `start_run` in the main thread only, and only over the default
 disposition: a handler the script set before (or SIG_IGN) is left alone and
-is the script's business; one it sets later replaces ours. On a signal the
-open runs are finished with status "killed" on a helper thread, waited for at
-most KILL_TIMEOUT_S (+1 s): the main thread may have been interrupted holding
-a lock the finish needs, so it must never wait unbounded. Then the default
-behaviour follows: KeyboardInterrupt for SIGINT (via the previous handler,
-normally `signal.default_int_handler`), SystemExit(128 + 15) for SIGTERM, so
-`finally` blocks and atexit handlers still run and the exit status is 143.
+is the script's business; one it sets later replaces ours.
+
+The handler never waits. It runs in the main thread between two bytecodes,
+wherever that thread was: inside `threading.Event.set`, a logging call, any
+library holding a lock. Finishing a run needs the sender thread and the hash
+worker, and either may need that very lock; a handler that waited for them
+would hang until its timeout with nothing delivered (seen under CPU load: the
+main thread interrupted inside `Event.set`, the hash worker's done-callback
+waiting for the same Event). So the handler only hands the reason to the
+"traintrail-kill" thread, started beforehand, through a `queue.SimpleQueue`
+(whose `put` is safe in a signal handler), and goes on with the default
+behaviour at once: KeyboardInterrupt for SIGINT (via the previous handler,
+normally `signal.default_int_handler`), SystemExit(128 + 15) for SIGTERM.
+Unwinding releases whatever the main thread held, `finally` blocks run, and
+at interpreter exit `wait_for_kill` gives the finish at most KILL_TIMEOUT_S
+(+1 s) before the process ends with status 143.
 """
 
 from __future__ import annotations
 
+import os
+import queue
 import signal
 import threading
 from collections.abc import Callable
@@ -21,11 +32,16 @@ from typing import Any
 
 from agent.sdk import client as _client
 
-__all__ = ["KILL_TIMEOUT_S", "install", "installed"]
+__all__ = ["KILL_TIMEOUT_S", "install", "installed", "wait_for_kill"]
 
 KILL_TIMEOUT_S = 5.0
 _previous: dict[int, Any] = {}  # signal -> the handler ours replaced
 _finisher: Callable[[str], None] | None = None
+_reasons: queue.SimpleQueue[str] = queue.SimpleQueue()
+_worker_pid = 0  # the process whose kill thread runs (a forked child has none)
+_requested = 0  # kills handed to the kill thread (written by the handler only)
+_completed = 0  # kills it has finished (written by the kill thread only)
+_progress = threading.Condition()
 
 
 def installed() -> frozenset[int]:
@@ -38,10 +54,13 @@ def install(finish_killed: Callable[[str], None]) -> None:
 
     Safe to call repeatedly and from any thread (does nothing outside the main one).
     """
-    global _finisher
+    global _finisher, _worker_pid
     _finisher = finish_killed
     if threading.current_thread() is not threading.main_thread():
         return
+    if _worker_pid != os.getpid():  # first run of this process (or of a forked child)
+        threading.Thread(target=_kill_worker, name="traintrail-kill", daemon=True).start()
+        _worker_pid = os.getpid()
     for signum, default in (
         (signal.SIGTERM, signal.SIG_DFL),
         (signal.SIGINT, signal.default_int_handler),
@@ -56,18 +75,21 @@ def install(finish_killed: Callable[[str], None]) -> None:
             continue
 
 
+def wait_for_kill(timeout: float = KILL_TIMEOUT_S + 1.0) -> bool:
+    """Wait (bounded) until every kill the handler requested is finished. For the
+    atexit hook: there the main thread holds no lock the finish could need."""
+    with _progress:
+        return _progress.wait_for(lambda: _completed >= _requested, timeout)
+
+
 def _handler(signum: int, frame: FrameType | None) -> None:
-    if _client.in_critical_section():  # the main thread holds a lock the finish needs
-        _client.defer_signal(signum)  # raised again the moment it lets go
+    global _requested
+    if _client.in_critical_section():  # mid-way through moving the buffer: finish that
+        _client.defer_signal(signum)  # raised again the moment it is consistent
         return
-    name = signal.Signals(signum).name
-    finisher = _finisher
-    if finisher is not None:
-        helper = threading.Thread(
-            target=_safe, args=(finisher, f"killed by {name}"), name="traintrail-kill", daemon=True
-        )
-        helper.start()
-        helper.join(KILL_TIMEOUT_S + 1.0)
+    if _finisher is not None and _worker_pid == os.getpid():
+        _requested += 1
+        _reasons.put(f"killed by {signal.Signals(signum).name}")
     previous = _previous.get(signum)
     if signum == signal.SIGINT:
         if callable(previous):
@@ -76,10 +98,19 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def _safe(finisher: Callable[[str], None], reason: str) -> None:
-    try:
-        finisher(reason)
-    except Exception:  # never let a reporting problem change how the process ends
-        import logging
+def _kill_worker() -> None:
+    global _completed
+    while True:
+        reason = _reasons.get()
+        finisher = _finisher
+        try:
+            if finisher is not None:
+                finisher(reason)
+        except Exception:  # never let a reporting problem change how the process ends
+            import logging
 
-        logging.getLogger(__name__).exception("traintrail: finishing runs on a signal failed")
+            logging.getLogger(__name__).exception("traintrail: finishing runs on a signal failed")
+        finally:
+            with _progress:
+                _completed += 1
+                _progress.notify_all()

@@ -7,7 +7,13 @@ and the chain must continue where it stopped when the agent comes back.
 from __future__ import annotations
 
 import json
+import math
+import os
 import socket
+import struct
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,7 +26,7 @@ from tests.procs import send_batch
 from tests.samples import body
 
 
-def _agent(tmp_path: Path) -> Agent:
+def _agent(tmp_path: Path, **overrides: Any) -> Agent:
     with socket.socket() as s:  # a port nobody listens on: Kafka is "down"
         s.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{s.getsockname()[1]}"
@@ -37,6 +43,7 @@ def _agent(tmp_path: Path) -> Agent:
         host_enabled=False,
         access_audit_log="",
         access_auth_log="",
+        **overrides,
     )
     return Agent(config)
 
@@ -57,7 +64,9 @@ def _spooled(tmp_path: Path, spool: str = "segments") -> list[dict[str, Any]]:
     reader.open()
     out = []
     for r in reader.pending():
-        decoded = decode(default_registry(), r.value).record
+        message = decode(default_registry(), r.value)
+        decoded = message.record
+        decoded["_type"] = message.name
         decoded["_hash"] = event_hash(r.value)
         decoded["_topic"] = r.topic
         out.append(decoded)
@@ -125,6 +134,88 @@ def test_sdk_spool_of_an_ended_process_is_imported(tmp_path: Path) -> None:
     agent.stop()
     assert not list(sdk_spool.glob("*.jsonl"))
     assert [e["run_id"] for e in _spooled(tmp_path)] == ["r9"]
+
+
+def test_sdk_spooled_metrics_are_imported_with_their_points(tmp_path: Path) -> None:
+    """Lines the SDK spooled carry base64 columns: the import decodes them as
+    the socket does, so no point is lost."""
+    import logging
+
+    from agent.sdk.encode import Encoder
+    from agent.sdk.warn import WarnOnce
+
+    encoder = Encoder("r9", "run/r9", WarnOnce(logging.getLogger("test")))
+    t0 = 1_700_000_000_000_000_000
+    uniform = [(i, t0 + i * 1000, {"loss": 1.0 / (i + 1), "acc": i / 10}) for i in range(5)]
+    mixed = [(5, t0 + 5000, {"loss": 0.1}), (6, t0 + 6000, {"acc": 0.9, "loss": float("nan")})]
+    lines = encoder.lines(list(uniform)) + encoder.lines(list(mixed))
+    sdk_spool = tmp_path / "sdk-spool"
+    sdk_spool.mkdir()
+    dead_pid = 2**22 + 17
+    (sdk_spool / f"r9.{dead_pid}.jsonl").write_text("\n".join(lines) + "\n")
+    agent = _agent(tmp_path)
+    agent.start()
+    agent.stop()
+    assert not list(sdk_spool.glob("*.jsonl"))
+    points = []
+    for rec in _spooled(tmp_path):
+        steps = struct.unpack(f"<{len(rec['step_le']) // 8}q", rec["step_le"])
+        times = struct.unpack(f"<{len(steps)}q", rec["time_us_le"])
+        idx = struct.unpack(f"<{len(steps)}i", rec["name_idx_le"])
+        vals = struct.unpack(f"<{len(steps)}d", rec["value_le"])
+        points += [
+            (s, t, rec["names"][i], v) for s, t, i, v in zip(steps, times, idx, vals, strict=True)
+        ]
+    expected = [
+        (step, t_ns // 1000, name, value)
+        for step, t_ns, metrics in uniform + mixed
+        for name, value in metrics.items()
+    ]
+    assert [p[:3] for p in points] == [e[:3] for e in expected]
+    assert all(
+        p[3] == e[3] or (math.isnan(p[3]) and math.isnan(e[3]))
+        for p, e in zip(points, expected, strict=True)
+    )
+
+
+KILLED_WHILE_SPOOLING = """
+import os, signal, sys, agent.sdk as tt
+run = tt.start_run("p", socket_path=sys.argv[1])  # nobody listens there: it spools
+for i in range(100):
+    run.log({"loss": 1.0 / (i + 1)}, step=i)
+run.finish()
+os.kill(os.getpid(), signal.SIGKILL)  # no clean exit: the spool is all that is left
+"""
+
+
+def test_running_agent_imports_the_spool_of_a_process_that_died(tmp_path: Path) -> None:
+    """A run killed before its sender could deliver leaves its tail in the SDK
+    spool; the running agent imports it within its scan interval, not at its
+    next restart."""
+    sdk_spool = tmp_path / "sdk-spool"
+    agent = _agent(tmp_path, sdk_spool_scan_s=0.2)
+    agent.start()
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", KILLED_WHILE_SPOOLING, str(tmp_path / "nobody.sock")],
+            cwd=Path(__file__).resolve().parents[2],
+            env={**os.environ, "TRAINTRAIL_SDK_SPOOL_DIR": str(sdk_spool)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert child.returncode == -9, child.stderr
+        deadline = time.monotonic() + 30
+        while list(sdk_spool.glob("*.jsonl")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not list(sdk_spool.glob("*.jsonl"))
+    finally:
+        agent.stop()
+    events = _spooled(tmp_path)
+    assert events[0]["_type"] == "RunStarted"
+    assert sum(len(e["value_le"]) // 8 for e in events if e["_type"] == "Metrics") == 100
+    assert events[-1]["_type"] == "RunFinished"
+    assert events[-1]["status"] == "finished"
 
 
 def _raw(path: Path, data: bytes) -> dict[str, Any]:

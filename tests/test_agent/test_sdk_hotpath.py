@@ -211,6 +211,39 @@ def test_sigint_finishes_killed_and_still_raises_keyboardinterrupt(agent: AgentS
     assert finished["body"]["error"] == "killed by SIGINT"
 
 
+HOLDING_A_LOCK = """
+import os, signal, sys, agent.sdk as tt
+run = tt.start_run("p", socket_path=sys.argv[1])
+for i in range(1000):
+    run.log({"loss": 1.0 / (i + 1)})
+# The signal lands while the main thread holds the lock of the sender's wake-up
+# Event, as when it arrives inside Event.set(): the sender and the hash worker
+# both need that lock to finish the run.
+with run._client._wake._cond:
+    os.kill(os.getpid(), signal.SIGTERM)
+    print("handler returned", flush=True)  # never: the handler must raise at once
+"""
+
+
+def test_signal_inside_a_held_lock_still_finishes_the_run(agent: AgentStandIn) -> None:
+    """The handler must not wait for the finish (it would wait for the lock its
+    own thread holds): it raises, unwinding releases the lock, and the exit
+    waits for the finish."""
+    done = subprocess.run(
+        [sys.executable, "-c", HOLDING_A_LOCK, agent.path],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert "handler returned" not in done.stdout
+    (finished,) = agent.events("RunFinished")
+    assert finished["body"]["status"] == "killed"
+    assert finished["body"]["summary"] == {"loss": 1.0 / 1000}
+    assert len(points(agent.events())) == 1000
+
+
 def test_users_own_sigterm_handler_is_left_in_charge(agent: AgentStandIn) -> None:
     code, output = _signalled(agent, "user", signal.SIGTERM)
     assert "user handler" in output and code == 7, output

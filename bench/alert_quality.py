@@ -19,9 +19,10 @@ faults injected at known steps; the labels are those steps:
   jumps and stays up, climbs, or overflows to Inf/NaN: a spike episode that
   stays open, a divergence or a nonfinite alert within AFTER steps finds it).
 
-All curves go through the collector's Watcher with the default rules
+Each step logs the loss and the norm of the whole gradient (what HF Trainer
+logs by default), and both go through the collector's Watcher with the default rules
 (`collector.preview.preview_points`). A spike injection counts as found when
-a spike alert fires within 10 steps after it, a NaN injection when a
+a spike alert (on either metric) fires within 10 steps after it, a NaN injection when a
 nonfinite alert fires at its step. Any alert on a clean run is false; so is
 an alert on an injected run that no injection explains, except a divergence
 alert within 600 steps after a fault: a bad batch or a large learning-rate
@@ -85,6 +86,7 @@ def tasks() -> list[Task]:
 class Curve:
     task: str
     loss: np.ndarray
+    grad_norm: np.ndarray  # of the step's whole gradient, as HF Trainer logs it by default
     faults: dict[int, str] = field(default_factory=dict)  # step -> kind
 
 
@@ -97,6 +99,7 @@ def train(task: Task, steps: int, faults: dict[int, str], seed: int) -> Curve:
     w1 = rng.normal(0, np.sqrt(2 / n_in), (n_in, hidden)) if hidden else None
     w2 = rng.normal(0, 0.1, (hidden or n_in, out))
     loss = np.empty(steps)
+    grad_norm = np.empty(steps)
     jump_until, jump = -1, 1.0
     for step in range(steps):
         idx = rng.integers(0, len(task.x), task.batch)
@@ -126,13 +129,16 @@ def train(task: Task, steps: int, faults: dict[int, str], seed: int) -> Curve:
             loss[step] = float((err**2).mean())
             grad = 2 * err[:, None]
         grad /= len(yb)
+        g2 = h.T @ grad
+        g1 = xb.T @ ((grad @ w2.T) * (h > 0)) if w1 is not None else None
+        sq = float((g2**2).sum()) + (float((g1**2).sum()) if g1 is not None else 0.0)
+        grad_norm[step] = np.sqrt(sq)
         if kind == "nan_batch":
             continue  # loss scaling: a non-finite step is skipped
         if w1 is not None:
-            dh = (grad @ w2.T) * (h > 0)
-            w1 -= lr * (xb.T @ dh)
-        w2 -= lr * (h.T @ grad)
-    return Curve(task.name, loss, faults)
+            w1 -= lr * g1
+        w2 -= lr * g2
+    return Curve(task.name, loss, grad_norm, faults)
 
 
 def inject(rng: np.random.Generator, steps: int, count: int) -> dict[int, str]:
@@ -152,6 +158,8 @@ def inject(rng: np.random.Generator, steps: int, count: int) -> dict[int, str]:
 def score(curve: Curve, alerts: list[dict[str, object]], tally: dict[str, Counter[str]]) -> None:
     fired = [(str(a["detector"]), int(a["step"])) for a in alerts  # type: ignore[call-overload]
              if a["state"] == "firing" and a["step"] is not None]  # fmt: skip
+    on_loss = [str(a["metric"]) == "loss" for a in alerts
+               if a["state"] == "firing" and a["step"] is not None]  # fmt: skip
     explained: set[int] = set()
     poisoned = min((s for s, k in curve.faults.items() if k in TERMINAL), default=None)
     for step, kind in curve.faults.items():
@@ -165,12 +173,14 @@ def score(curve: Curve, alerts: list[dict[str, object]], tally: dict[str, Counte
             hit = [i for i, (d, s) in enumerate(fired) if d == detector and lo <= s <= hi]
         tally[kind]["injected"] += 1
         tally[kind]["found"] += bool(hit)
+        tally[kind]["by_loss"] += any(on_loss[i] for i in hit)
         if detector == "spike":  # by effect: the peak over the run's recent maximum
             before = curve.loss[max(0, step - 256) : step]
             effect = np.nanmax(curve.loss[step : step + SPIKE_WINDOW + 1]) / before.max()
             size = next(label for label, upper in EFFECTS if effect < upper)
             tally[f"effect {size}"]["injected"] += 1
             tally[f"effect {size}"]["found"] += bool(hit)
+            tally[f"effect {size}"]["by_loss"] += any(on_loss[i] for i in hit)
         explained.update(hit)
     for i, (detector, step) in enumerate(fired):
         if i in explained or (poisoned is not None and step >= poisoned):
@@ -195,7 +205,7 @@ def run_all(clean: int, faulty: int, steps: int) -> tuple[dict[str, Counter[str]
         faults = inject(rng, steps, int(rng.integers(2, 7))) if i >= clean else {}
         curve = train(task, steps, faults, seed=1000 + i)
         t0 = time.perf_counter()
-        alerts = _preview(rules, f"{task.name}-{i}", curve.loss)
+        alerts = _preview(rules, f"{task.name}-{i}", curve)
         watch_s += time.perf_counter() - t0
         if not faults:
             clean_steps += steps
@@ -211,12 +221,19 @@ def run_all(clean: int, faulty: int, steps: int) -> tuple[dict[str, Counter[str]
 
 def _recall_row(label: str, c: Counter[str], target: str) -> None:
     recall = c["found"] / c["injected"] if c["injected"] else float("nan")
-    print(f"{label:<20} {c['injected']:>9} {c['found']:>6} {recall:>7.3f}  {target}")
+    by_loss = c["by_loss"] / c["injected"] if c["injected"] else float("nan")
+    print(f"{label:<20} {c['injected']:>9} {c['found']:>6} {recall:>7.3f} {by_loss:>13.3f}  "
+          f"{target}")  # fmt: skip
 
 
-def _preview(rules: AlertRules, run_id: str, loss: np.ndarray) -> list[dict[str, object]]:
-    steps = np.arange(len(loss))
-    return preview_points(rules, run_id, ["loss"] * len(loss), steps, steps * 1_000_000, loss)
+def _preview(rules: AlertRules, run_id: str, curve: Curve) -> list[dict[str, object]]:
+    """Both metrics a step, in the order a training loop logs them."""
+    n = len(curve.loss)
+    steps = np.repeat(np.arange(n), 2)
+    values = np.empty(2 * n)
+    values[0::2], values[1::2] = curve.loss, curve.grad_norm
+    names = ["loss", "grad_norm"] * n
+    return preview_points(rules, run_id, names, steps, steps * 1_000_000, values)
 
 
 def main() -> None:
@@ -224,10 +241,11 @@ def main() -> None:
     faulty = int(sys.argv[2]) if len(sys.argv) > 2 else 60
     steps = int(sys.argv[3]) if len(sys.argv) > 3 else 5000
     tally, clean_steps, clean_false, watch_s = run_all(clean, faulty, steps)
-    total = (clean + faulty) * steps
+    total = (clean + faulty) * steps * 2  # loss and grad_norm each step
     print(f"\n{clean} clean + {faulty} faulty runs x {steps} steps "
           f"({', '.join(t.name for t in tasks())}); default rules")  # fmt: skip
-    print(f"\n{'injected fault':<20} {'injected':>9} {'found':>6} {'recall':>7}  target")
+    print(f"\n{'injected fault':<20} {'injected':>9} {'found':>6} {'recall':>7} "
+          f"{'loss alone':>13}  target")  # fmt: skip
     for kind in KINDS:
         _recall_row(kind, tally[kind], ">= 0.95")
     print("spike faults by effect (peak in the 10 steps after / max of the 256 before):")

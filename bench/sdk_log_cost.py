@@ -21,6 +21,10 @@ MLflow and W&B are not project dependencies: install them into a bench venv:
     /tmp/benchvenv/bin/pip install -e '.[agent,demo]' mlflow wandb
     /tmp/benchvenv/bin/python bench/sdk_log_cost.py [N=100000] [N_SLOW=2000] [LOOP_STEPS=500]
 
+`bench/sdk_log_cost.py interleaved [BLOCKS=60]` prints only the steady-state
+wall-time overhead of the training loop (BLAS on every core, then on one);
+it needs no MLflow or W&B.
+
 A library that is not installed is reported as such, not faked.
 """
 
@@ -139,8 +143,9 @@ def bench_wandb(tmp: str, n: int, width: int) -> tuple[list[int], float]:
     return times, time.perf_counter() - t0
 
 
-def training_loop(steps: int, run: Any, hidden: int = 256, batch: int = 128) -> float:
-    """Minibatch SGD, 64-hidden-hidden-10 ReLU MLP on digits; 20 metrics a step if `run`."""
+def mlp_step(hidden: int = 256, batch: int = 128) -> Callable[[], Metrics]:
+    """One minibatch SGD step of a 64-hidden-hidden-10 ReLU MLP on digits per
+    call; returns the step's 20 metrics (computed whether logged or not)."""
     import numpy as np
     from sklearn.datasets import load_digits
 
@@ -151,8 +156,8 @@ def training_loop(steps: int, run: Any, hidden: int = 256, batch: int = 128) -> 
     ws = [rng.normal(0, (2 / a) ** 0.5, (a, b)) for a, b in itertools.pairwise(sizes)]
     bs = [np.zeros(b) for b in sizes[1:]]
     lr = 0.05
-    t0 = time.perf_counter()
-    for step in range(steps):
+
+    def step() -> Metrics:
         idx = rng.integers(0, len(x_all), batch)
         x, y = x_all[idx], y_all[idx]
         acts = [x]
@@ -176,19 +181,131 @@ def training_loop(steps: int, run: Any, hidden: int = 256, batch: int = 128) -> 
         for (gw, gb), w, b in zip(grads, reversed(ws), reversed(bs), strict=True):
             w -= lr * gw
             b -= lr * gb
-        # the metrics are computed in both variants: only the logging differs
         metrics = {"loss": loss, "acc": acc, "lr": lr}  # numpy scalars, as users log them
         for k, (gw, gb) in enumerate(grads):
             metrics[f"grad_w{k}"] = np.abs(gw).max()
             metrics[f"grad_b{k}"] = np.abs(gb).max()
         for k in range(len(metrics), 20):
             metrics[f"extra{k}"] = loss * k
+        return metrics
+
+    return step
+
+
+def training_loop(steps: int, run: Any, hidden: int = 256, batch: int = 128) -> float:
+    """`steps` MLP steps, logging their 20 metrics if `run`; wall seconds."""
+    step_fn = mlp_step(hidden, batch)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        metrics = step_fn()
         if run is not None:
             run.log(metrics, step=step)
     return time.perf_counter() - t0
 
 
+def interleaved_overhead(
+    sock: str,
+    blocks: int = 60,
+    block_steps: int = 400,
+    trim: int = 100,
+    hidden: int = 256,
+    blas_threads: int | None = None,
+) -> str:
+    """Wall-time overhead in steady state, drift cancelled by interleaving.
+
+    One model and one open run; blocks of `block_steps` steps alternate
+    between logging 20 metrics a step and not logging, in ABBA order. The
+    first `trim` steps of every block are left out of its mean step time, so
+    the sender's last cycle for a logged block (it runs within 0.1 s) never
+    lands in the unlogged block after it, and every logged block is measured
+    with its sender cycles in full. Each logged block is compared with the
+    unlogged blocks on either side (about a second away: this VM's speed
+    drifts over tens of seconds, so adjacent blocks see the same machine).
+
+    `blas_threads=None` lets numpy's BLAS use every core: the worst case, a loop
+    that saturates the CPU, where every microsecond of the sender and the agent
+    is taken from it. `blas_threads=1` leaves this VM's second core to the rest,
+    as a GPU node does: its training thread mostly waits on the device and the
+    node has cores to spare.
+    """
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    with (
+        threadpool_limits(limits=blas_threads, user_api="blas")
+        if blas_threads
+        else contextlib.nullcontext()
+    ):
+        return _interleaved(sock, blocks, block_steps, trim, hidden, blas_threads, np)
+
+
+def _interleaved(
+    sock: str,
+    blocks: int,
+    block_steps: int,
+    trim: int,
+    hidden: int,
+    blas_threads: int | None,
+    np: Any,
+) -> str:
+
+    step_fn = mlp_step(hidden)
+    for _ in range(200):
+        step_fn()  # warm caches and BLAS
+    run = traintrail.start_run("bench-interleaved", socket_path=sock)
+    run.flush(60)
+    means: list[tuple[bool, float]] = []
+    step = 0
+    pattern = (False, True, True, False)
+    for block in range(blocks):
+        logged = pattern[block % 4]
+        marks = np.empty(block_steps + 1, dtype=np.int64)
+        marks[0] = time.perf_counter_ns()
+        for k in range(block_steps):
+            metrics = step_fn()
+            if logged:
+                run.log(metrics, step=step)
+            step += 1
+            marks[k + 1] = time.perf_counter_ns()
+        means.append((logged, float(marks[-1] - marks[trim]) / (block_steps - trim)))
+    run.finish()
+    diffs: list[float] = []
+    for i, (logged, mean) in enumerate(means):
+        if not logged:
+            continue
+        near = [m for j, (lg, m) in enumerate(means) if not lg and abs(j - i) <= 2]
+        base = sum(near) / len(near)
+        diffs.append((mean - base) / base * 100)
+    diffs.sort()
+    q = len(diffs) // 4
+    plain = [m for lg, m in means if not lg]
+    return (
+        f"training loop, interleaved steady state ({hidden}-wide MLP, BLAS on "
+        f"{blas_threads or 'all'} thread(s), "
+        f"{sorted(plain)[len(plain) // 2] / 1e6:.3f} ms/step plain; {blocks} blocks of "
+        f"{block_steps} steps, first {trim} of each left out): logging 20 metrics a step "
+        f"costs median {diffs[len(diffs) // 2]:+.2f} % wall time "
+        f"(mean {sum(diffs) / len(diffs):+.2f} %, "
+        f"quartiles {diffs[q]:+.2f} % .. {diffs[-q - 1]:+.2f} %, {len(diffs)} logged blocks; "
+        "target within 1 %)"
+    )
+
+
+def interleaved_only(blocks: int) -> None:
+    """`sdk_log_cost.py interleaved [BLOCKS]`: only the steady-state wall-time overhead,
+    with BLAS on every core and on one."""
+    with tempfile.TemporaryDirectory(prefix="tt-", dir="/tmp") as tmp:
+        os.environ["TRAINTRAIL_SDK_SPOOL_DIR"] = f"{tmp}/sdk-spool"
+        sock = f"{tmp}/agent.sock"
+        with agent_stand_in(sock):
+            print(interleaved_overhead(sock, blocks=blocks), flush=True)
+            print(interleaved_overhead(sock, blocks=blocks, blas_threads=1), flush=True)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["interleaved"]:
+        interleaved_only(int(sys.argv[2]) if len(sys.argv) > 2 else 60)
+        return
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     n_slow = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
     loop_steps = int(sys.argv[3]) if len(sys.argv) > 3 else 500
@@ -253,6 +370,8 @@ def main() -> None:
                     )
             notes.append(_loop_overhead(sock, loop_steps))
             notes.append(_loop_overhead(sock, max(50, loop_steps // 5), 6, 1024, 512))
+            notes.append(interleaved_overhead(sock))
+            notes.append(interleaved_overhead(sock, blas_threads=1))
             notes.append(_cuda_no_sync(sock))
     print(f"{'what, metrics per call':38} {'median us':>10} {'p99 us':>10}  notes")
     for what, med, p99, note in rows:

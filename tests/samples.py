@@ -21,6 +21,7 @@ __all__ = [
     "record",
     "registry_with_field",
     "registry_without",
+    "unpacked_points",
 ]
 
 
@@ -239,6 +240,17 @@ def packed_points(
         "name_idx_le": struct.pack(f"<{n}i", *name_idx),
         "value_le": struct.pack(f"<{n}d", *value),
     }
+
+
+def unpacked_points(body: dict[str, Any]) -> list[tuple[int, int, str, float]]:
+    """(step, time_us, name, value) of each point of a Metrics body's packed columns."""
+    n = len(body["value_le"]) // 8
+    steps = struct.unpack(f"<{n}q", body["step_le"])
+    times = struct.unpack(f"<{n}q", body["time_us_le"])
+    idx = struct.unpack(f"<{n}i", body["name_idx_le"])
+    vals = struct.unpack(f"<{n}d", body["value_le"])
+    names = body["names"]
+    return [(s, t, names[i], v) for s, t, i, v in zip(steps, times, idx, vals, strict=True)]
 
 
 def record(kind: str, run_id: str = "r1", **env: Any) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 The sender thread turns what the training thread buffered into the agent's
 line protocol, `{"v":1,"events":[...]}` per line: ONE columnar Metrics event
-(schema v2: point columns packed little-endian, base64 in the line)
+(schema v2: point columns packed little-endian, base64 in the line; when
+every call of the stretch logs the same names, step, time and name_idx travel
+once per call and the agent's `expand_calls` repeats them per point)
 per contiguous stretch of log calls (a lifecycle event such as a checkpoint
 ends a stretch, so the stream keeps the order in which things happened), at
 most MAX_POINTS_PER_EVENT points an event and a line. Converting values to
@@ -19,15 +21,34 @@ import sys
 import time
 import uuid
 from array import array
+from collections.abc import Sequence
 from concurrent.futures import Future
+from itertools import accumulate, chain, repeat
+from operator import floordiv, mul
 from typing import Any
 
 from agent.sdk.warn import WarnOnce
 
-__all__ = ["MAX_POINTS_PER_EVENT", "PACKED_FIELDS", "Body", "Encoder", "Entry", "Event"]
+__all__ = [
+    "MAX_POINTS_PER_EVENT",
+    "PACKED_FIELDS",
+    "Body",
+    "Encoder",
+    "Entry",
+    "Event",
+    "expand_calls",
+]
 
 MAX_POINTS_PER_EVENT = 10_000
-PACKED_FIELDS = ("step_le", "time_us_le", "name_idx_le", "value_le")
+PACKED_FIELDS = (
+    "step_le",
+    "time_us_le",
+    "name_idx_le",
+    "value_le",
+    "step_call_le",  # the per-call form (expand_calls)
+    "time_call_le",
+    "name_idx_call_le",
+)
 _INT64 = struct.Struct("<q")
 
 Entry = tuple[int, int, dict[str, Any]]  # (step, time_ns, {name: value}) of one log call
@@ -125,6 +146,73 @@ class Encoder:
     def _metrics_event(self, entries: list[Entry], count: int) -> tuple[int, str]:
         """One Metrics event with its point columns packed (Metrics v2).
 
+        The common case, every value a number and every step in range, is
+        built from whole-batch C loops (map, chain, join), with no Python
+        statement per log call: the sender's cost per logged step is most of
+        what traintrail takes from a training loop. Anything unusual falls
+        back to `_metrics_event_each`, which reads call by call and drops,
+        counts and warns about what it cannot read.
+        """
+        dicts = [e[2] for e in entries]
+        try:
+            flat = list(chain.from_iterable(map(dict.values, dicts)))
+            if not flat:
+                return 0, ""
+            # struct reads each value as a C double (float(), a tensor's .item())
+            values = struct.pack(f"<{len(flat)}d", *flat)
+            shapes = list(map(tuple, dicts))
+            index: dict[str, int] = {}
+            packed_of: dict[tuple[str, ...], bytes] = {}
+            # The names of each call, distinct, in order. Usually one list: the
+            # count compares by identity first, without hashing 20 names a call.
+            uniform = shapes.count(shapes[0]) == len(shapes)
+            for shape in (shapes[0],) if uniform else dict.fromkeys(shapes):
+                if not all(type(k) is str and k for k in shape):
+                    raise TypeError("metric names must be non-empty str")
+                ids = [index.setdefault(k, len(index)) for k in shape]
+                packed_of[shape] = struct.pack(f"<{len(ids)}i", *ids)
+            calls = len(entries)
+            step_calls = struct.pack(f"<{calls}q", *[e[0] for e in entries])
+            times_ns = [e[1] for e in entries]
+            time_calls = struct.pack(f"<{calls}q", *map(floordiv, times_ns, repeat(1000)))
+        except (TypeError, ValueError, OverflowError, RuntimeError, struct.error):
+            return self._metrics_event_each(entries, count)
+        counts = list(map(len, dicts))
+        starts = [0, *accumulate(counts)]
+        self._remember_last(list(zip(starts, shapes, strict=False)), _doubles(values), len(index))
+        if uniform:  # per-call columns: the agent repeats them per point
+            columns = (
+                f'"points_per_call":{counts[0]},"step_call_le":"{_b64(step_calls)}",'
+                f'"time_call_le":"{_b64(time_calls)}",'
+                f'"name_idx_call_le":"{_b64(packed_of[shapes[0]])}"'
+            )
+        else:
+            steps = b"".join(map(mul, _int64s(step_calls), counts))
+            times = b"".join(map(mul, _int64s(time_calls), counts))
+            idx = b"".join(map(packed_of.__getitem__, shapes))
+            columns = (
+                f'"step_le":"{_b64(steps)}","time_us_le":"{_b64(times)}",'
+                f'"name_idx_le":"{_b64(idx)}"'
+            )
+        return len(flat), self._metrics_text(entries, index, columns, values)
+
+    def _metrics_text(
+        self, entries: list[Entry], index: dict[str, int], columns: str, values: bytes
+    ) -> str:
+        """The Metrics event's JSON text; `columns` holds the step, time and
+        name_idx fields, base64 like the values (all little-endian)."""
+        body = (
+            f'{{"run_id":{self._run_id_json},"names":{_dumps(list(index))},'
+            f'{columns},"value_le":"{_b64(values)}"}}'
+        )
+        head = self._envelope("Metrics", str(uuid.uuid4()), entries[0][1] // 1000, {})
+        envelope = _dumps(head)
+        assert envelope.endswith('"body":{}}')
+        return envelope[: -len("{}}")] + body + "}"
+
+    def _metrics_event_each(self, entries: list[Entry], count: int) -> tuple[int, str]:
+        """One Metrics event, read call by call: the path for unusual input.
+
         Per log call the work is float() of its values and a few byte-string
         operations: a call's points share step and time (one packed int64
         repeated), and a call with the same names as an earlier one reuses its
@@ -183,18 +271,15 @@ class Encoder:
         column = array("d", values)
         if sys.byteorder != "little":
             column.byteswap()
-        body = (
-            f'{{"run_id":{self._run_id_json},"names":{_dumps(list(index))},'
+        columns = (
             f'"step_le":"{_b64(b"".join(steps))}","time_us_le":"{_b64(b"".join(times))}",'
-            f'"name_idx_le":"{_b64(b"".join(idx))}","value_le":"{_b64(column.tobytes())}"}}'
+            f'"name_idx_le":"{_b64(b"".join(idx))}"'
         )
-        head = self._envelope("Metrics", str(uuid.uuid4()), entries[0][1] // 1000, {})
-        envelope = _dumps(head)
-        assert envelope.endswith('"body":{}}')
-        return len(values), envelope[: -len("{}}")] + body + "}"
+        text = self._metrics_text(entries, index, columns, column.tobytes())
+        return len(values), text
 
     def _remember_last(
-        self, spans: list[tuple[int, list[str]]], values: list[float], names: int
+        self, spans: Sequence[tuple[int, Sequence[str]]], values: Sequence[float], names: int
     ) -> None:
         """The last value of each metric (for the run summary): walk back from the
         latest call until every name was seen, usually one call."""
@@ -252,6 +337,61 @@ def _dumps(obj: object) -> str:
 def _line(events: list[str]) -> str:
     """One batch line from events already encoded as JSON text."""
     return '{"v":1,"events":[' + ",".join(events) + "]}"
+
+
+def expand_calls(body: dict[str, Any]) -> dict[str, Any]:
+    """The agent's side of the per-call form: a batch whose log calls all have
+    the same names carries its step, time and name_idx once per call
+    (`points_per_call`, `step_call_le`, `time_call_le`, `name_idx_call_le`,
+    decoded from base64); this returns the Metrics v2 body with the per-point
+    columns. The SDK then base64-encodes 8 bytes a point instead of 28, and
+    the repeating costs the agent, not the training process, a few strided
+    copies. Raises ValueError when the columns do not fit together."""
+    if "points_per_call" not in body:
+        return body
+    n = body["points_per_call"]
+    steps, times = body["step_call_le"], body["time_call_le"]
+    idx, values = body["name_idx_call_le"], body["value_le"]
+    if type(n) is not int or n < 1:
+        raise ValueError(f"points_per_call must be a positive integer, not {n!r}")
+    calls = len(steps) // 8
+    if len(steps) % 8 or len(times) != len(steps) or len(idx) != 4 * n:
+        raise ValueError("per-call columns of mismatched lengths")
+    if len(values) != 8 * n * calls:
+        raise ValueError(f"{len(values)} value bytes for {calls} calls of {n} points")
+    out = {k: v for k, v in body.items() if k not in _PER_CALL}
+    out["step_le"] = _each_times(steps, n)
+    out["time_us_le"] = _each_times(times, n)
+    out["name_idx_le"] = idx * calls
+    return out
+
+
+_PER_CALL = ("points_per_call", "step_call_le", "time_call_le", "name_idx_call_le")
+
+
+def _each_times(column: bytes, n: int) -> bytes:
+    """Each 8-byte item of `column` repeated `n` times in place: a call's step
+    for each of its points. n strided copies in C instead of a loop per call;
+    bytes are only moved, so byte order does not matter."""
+    calls = array("q", column)
+    out = array("q", bytes(len(column) * n))
+    for j in range(n):
+        out[j::n] = calls
+    return out.tobytes()
+
+
+def _int64s(column: bytes) -> list[bytes]:
+    """The 8-byte items of `column`."""
+    return [column[i : i + 8] for i in range(0, len(column), 8)]
+
+
+def _doubles(le: bytes) -> Sequence[float]:
+    """Read little-endian float64s where they are (copied only on big-endian)."""
+    if sys.byteorder == "little":
+        return memoryview(le).cast("d")
+    column = array("d", le)
+    column.byteswap()
+    return column
 
 
 def _b64(data: bytes) -> str:

@@ -26,7 +26,7 @@ import structlog
 from agent.alert_relay import AlertRelay
 from agent.errors import SpoolError
 from agent.ingest import Ingest
-from agent.sdk.encode import PACKED_FIELDS
+from agent.sdk.encode import PACKED_FIELDS, expand_calls
 from schemas.topics import SDK_TYPES
 
 __all__ = ["SdkSocketServer", "handle_line", "unpack_columns"]
@@ -85,17 +85,18 @@ def unpack_columns(
         body = ev.get("body")
         if ev.get("type") == "Metrics" and isinstance(body, dict):
             try:
-                packed = {
+                decoded = {
                     key: base64.b64decode(body[key], validate=True)
                     for key in PACKED_FIELDS
                     if key in body
                 }
-            except (binascii.Error, TypeError, ValueError) as exc:
-                error = f"Metrics: point columns are not base64: {exc}"
+                body = expand_calls({**body, **decoded})
+            except (binascii.Error, TypeError, ValueError, KeyError) as exc:
+                error = f"Metrics: bad point columns: {type(exc).__name__}: {exc}"
                 log.warning("event rejected", event_id=ev.get("event_id"), error=error)
                 bad.append({"event_id": ev.get("event_id"), "error": error})
                 continue
-            ev = {**ev, "body": {**body, **packed}}
+            ev = {**ev, "body": body}
         good.append(ev)
     return good, bad
 

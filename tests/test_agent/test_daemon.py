@@ -10,7 +10,6 @@ import json
 import math
 import os
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from agent.daemon import Agent
 from agent.spool import Spool
 from schemas import decode, default_registry, event_hash
 from tests.procs import send_batch
-from tests.samples import body
+from tests.samples import body, unpacked_points
 
 
 def _agent(tmp_path: Path, **overrides: Any) -> Agent:
@@ -137,8 +136,9 @@ def test_sdk_spool_of_an_ended_process_is_imported(tmp_path: Path) -> None:
 
 
 def test_sdk_spooled_metrics_are_imported_with_their_points(tmp_path: Path) -> None:
-    """Lines the SDK spooled carry base64 columns: the import decodes them as
-    the socket does, so no point is lost."""
+    """Lines the SDK spooled carry base64 columns, in both of its forms (per
+    call when every call logs the same names, per point otherwise): the
+    import decodes them as the socket does, so no point is lost."""
     import logging
 
     from agent.sdk.encode import Encoder
@@ -149,6 +149,7 @@ def test_sdk_spooled_metrics_are_imported_with_their_points(tmp_path: Path) -> N
     uniform = [(i, t0 + i * 1000, {"loss": 1.0 / (i + 1), "acc": i / 10}) for i in range(5)]
     mixed = [(5, t0 + 5000, {"loss": 0.1}), (6, t0 + 6000, {"acc": 0.9, "loss": float("nan")})]
     lines = encoder.lines(list(uniform)) + encoder.lines(list(mixed))
+    assert '"points_per_call"' in lines[0] and '"points_per_call"' not in lines[1]
     sdk_spool = tmp_path / "sdk-spool"
     sdk_spool.mkdir()
     dead_pid = 2**22 + 17
@@ -157,15 +158,7 @@ def test_sdk_spooled_metrics_are_imported_with_their_points(tmp_path: Path) -> N
     agent.start()
     agent.stop()
     assert not list(sdk_spool.glob("*.jsonl"))
-    points = []
-    for rec in _spooled(tmp_path):
-        steps = struct.unpack(f"<{len(rec['step_le']) // 8}q", rec["step_le"])
-        times = struct.unpack(f"<{len(steps)}q", rec["time_us_le"])
-        idx = struct.unpack(f"<{len(steps)}i", rec["name_idx_le"])
-        vals = struct.unpack(f"<{len(steps)}d", rec["value_le"])
-        points += [
-            (s, t, rec["names"][i], v) for s, t, i, v in zip(steps, times, idx, vals, strict=True)
-        ]
+    points = [p for rec in _spooled(tmp_path) for p in unpacked_points(rec)]
     expected = [
         (step, t_ns // 1000, name, value)
         for step, t_ns, metrics in uniform + mixed

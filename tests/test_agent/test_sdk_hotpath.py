@@ -159,6 +159,10 @@ def test_agent_gone_and_bound_reached_drops_oldest_keeps_events(
 
 LOOP = """
 import signal, sys, agent.sdk as tt
+# SIGINT as a script started from a terminal has it: a background job of a
+# non-interactive shell (CI runners, `cmd &` in a script) inherits it ignored,
+# and the SDK rightly leaves an ignored SIGINT alone.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 if sys.argv[2] == "user":
     def mine(signum, frame):
         print("user handler", flush=True)

@@ -21,7 +21,7 @@ MLflow and W&B are not project dependencies: install them into a bench venv:
     /tmp/benchvenv/bin/pip install -e '.[agent,demo]' mlflow wandb
     /tmp/benchvenv/bin/python bench/sdk_log_cost.py [N=100000] [N_SLOW=2000] [LOOP_STEPS=500]
 
-`bench/sdk_log_cost.py interleaved [BLOCKS=60]` prints only the steady-state
+`bench/sdk_log_cost.py interleaved [BLOCKS=60] [all|1|all,1]` prints only the steady-state
 wall-time overhead of the training loop (BLAS on every core, then on one);
 it needs no MLflow or W&B.
 
@@ -291,20 +291,22 @@ def _interleaved(
     )
 
 
-def interleaved_only(blocks: int) -> None:
-    """`sdk_log_cost.py interleaved [BLOCKS]`: only the steady-state wall-time overhead,
-    with BLAS on every core and on one."""
+def interleaved_only(blocks: int, threads: list[int | None]) -> None:
+    """`sdk_log_cost.py interleaved [BLOCKS] [all|1|all,1]`: only the steady-state
+    wall-time overhead, with BLAS on every core and/or on one."""
     with tempfile.TemporaryDirectory(prefix="tt-", dir="/tmp") as tmp:
         os.environ["TRAINTRAIL_SDK_SPOOL_DIR"] = f"{tmp}/sdk-spool"
         sock = f"{tmp}/agent.sock"
         with agent_stand_in(sock):
-            print(interleaved_overhead(sock, blocks=blocks), flush=True)
-            print(interleaved_overhead(sock, blocks=blocks, blas_threads=1), flush=True)
+            for n in threads:
+                print(interleaved_overhead(sock, blocks=blocks, blas_threads=n), flush=True)
 
 
 def main() -> None:
     if sys.argv[1:2] == ["interleaved"]:
-        interleaved_only(int(sys.argv[2]) if len(sys.argv) > 2 else 60)
+        which = sys.argv[3].split(",") if len(sys.argv) > 3 else ["all", "1"]
+        threads = [None if w == "all" else int(w) for w in which]
+        interleaved_only(int(sys.argv[2]) if len(sys.argv) > 2 else 60, threads)
         return
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     n_slow = int(sys.argv[2]) if len(sys.argv) > 2 else 2000

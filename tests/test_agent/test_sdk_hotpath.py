@@ -191,9 +191,14 @@ def _signalled(agent: AgentStandIn, mode: str, signum: int) -> tuple[int, str]:
         text=True,
     )
     assert proc.stdout is not None
-    assert proc.stdout.readline() == "ready\n"
-    proc.send_signal(signum)
-    out, err = proc.communicate(timeout=60)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # the signal did not end it: never leave it spinning
+            proc.kill()
+            proc.communicate()
     return proc.returncode, out + err
 
 

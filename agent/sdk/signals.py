@@ -44,6 +44,17 @@ _completed = 0  # kills it has finished (written by the kill thread only)
 _progress = threading.Condition()
 
 
+def _after_fork_in_child() -> None:
+    """A forked child has no kill thread and must not inherit the parent's pending
+    kills or a lock the parent's kill thread held at the fork."""
+    global _reasons, _requested, _completed, _progress
+    _reasons, _requested, _completed = queue.SimpleQueue(), 0, 0
+    _progress = threading.Condition()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def installed() -> frozenset[int]:
     """The signals whose handler is ours."""
     return frozenset(s for s in _previous if signal.getsignal(s) is _handler)

@@ -280,3 +280,34 @@ assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         env={**os.environ, "TRAINTRAIL_SDK_SPOOL_DIR": "/nonexistent/spool"},
     )
     assert done.returncode == 0, done.stderr
+
+
+FORKED = """
+import os, signal, sys, time, agent.sdk as tt
+run = tt.start_run("p", socket_path=sys.argv[1])
+run.log({"loss": 2.0})
+pid = os.fork()
+if pid == 0:  # a forked worker (a DataLoader's, say) that is terminated
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)  # never: the handler ends the child at once
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status), flush=True)
+run.log({"loss": 1.0})
+run.finish()
+"""
+
+
+def test_a_forked_child_killed_leaves_the_parents_run_alone(agent: AgentStandIn) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FORKED, agent.path],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(128 + signal.SIGTERM)]
+    (finished,) = agent.events("RunFinished")
+    assert finished["body"]["status"] == "finished"
+    assert finished["body"]["summary"] == {"loss": 1.0}

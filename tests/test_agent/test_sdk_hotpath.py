@@ -220,6 +220,18 @@ def test_sigint_finishes_killed_and_still_raises_keyboardinterrupt(agent: AgentS
     assert finished["body"]["error"] == "killed by SIGINT"
 
 
+def _script(code: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `code` as a training script from the repository, with `env` added."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+
+
 HOLDING_A_LOCK = """
 import os, signal, sys, agent.sdk as tt
 run = tt.start_run("p", socket_path=sys.argv[1])
@@ -238,13 +250,7 @@ def test_signal_inside_a_held_lock_still_finishes_the_run(agent: AgentStandIn) -
     """The handler must not wait for the finish (it would wait for the lock its
     own thread holds): it raises, unwinding releases the lock, and the exit
     waits for the finish."""
-    done = subprocess.run(
-        [sys.executable, "-c", HOLDING_A_LOCK, agent.path],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _script(HOLDING_A_LOCK, agent.path)
     assert done.returncode == 128 + signal.SIGTERM, done.stderr
     assert "handler returned" not in done.stdout
     (finished,) = agent.events("RunFinished")
@@ -271,14 +277,7 @@ tt.start_run("p", socket_path=sys.argv[1])
 assert signals.installed() == {signal.SIGTERM}, signals.installed()
 assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script, "/nonexistent/agent.sock"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "TRAINTRAIL_SDK_SPOOL_DIR": "/nonexistent/spool"},
-    )
+    done = _script(script, "/nonexistent/agent.sock", TRAINTRAIL_SDK_SPOOL_DIR="/nonexistent/spool")
     assert done.returncode == 0, done.stderr
 
 
@@ -299,13 +298,7 @@ run.finish()
 
 
 def test_a_forked_child_killed_leaves_the_parents_run_alone(agent: AgentStandIn) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", FORKED, agent.path],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _script(FORKED, agent.path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(128 + signal.SIGTERM)]
     (finished,) = agent.events("RunFinished")

@@ -153,6 +153,7 @@ class Agent:
             self.shipper,
         )
         self._stopped = threading.Event()
+        self._scan: threading.Thread | None = None
         self._sources_stop = threading.Event()
 
     # -- lifecycle -------------------------------------------------------------
@@ -164,9 +165,9 @@ class Agent:
         self.shipper.start()
         self._import_sdk_spools()
         if self.config.sdk_spool_scan_s > 0:
-            scan = threading.Thread(target=self._scan_sdk_spools, name="sdk-spool-scan")
-            scan.daemon = True
-            scan.start()
+            self._scan = threading.Thread(target=self._scan_sdk_spools, name="sdk-spool-scan")
+            self._scan.daemon = True
+            self._scan.start()
         self.socket.start()
         if self.relay is not None:
             self.relay.start()
@@ -207,6 +208,8 @@ class Agent:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self._scan is not None:  # an import in progress ends before the spools close
+            self._scan.join(30.0)
         self._stop_sources()
         self.socket.stop()
         if self.relay is not None:

@@ -228,7 +228,6 @@ def interleaved_overhead(
     as a GPU node does: its training thread mostly waits on the device and the
     node has cores to spare.
     """
-    import numpy as np
     from threadpoolctl import threadpool_limits
 
     with (
@@ -236,18 +235,13 @@ def interleaved_overhead(
         if blas_threads
         else contextlib.nullcontext()
     ):
-        return _interleaved(sock, blocks, block_steps, trim, hidden, blas_threads, np)
+        return _interleaved(sock, blocks, block_steps, trim, hidden, blas_threads)
 
 
 def _interleaved(
-    sock: str,
-    blocks: int,
-    block_steps: int,
-    trim: int,
-    hidden: int,
-    blas_threads: int | None,
-    np: Any,
+    sock: str, blocks: int, block_steps: int, trim: int, hidden: int, blas_threads: int | None
 ) -> str:
+    import numpy as np
 
     step_fn = mlp_step(hidden)
     for _ in range(200):

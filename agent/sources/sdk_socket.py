@@ -29,7 +29,7 @@ from agent.ingest import Ingest
 from agent.sdk.encode import PACKED_FIELDS, expand_calls
 from schemas.topics import SDK_TYPES
 
-__all__ = ["SdkSocketServer", "handle_line", "unpack_columns"]
+__all__ = ["SdkSocketServer", "decode_columns", "handle_line", "unpack_columns"]
 
 log = structlog.get_logger("traintrail.sdk_socket")
 
@@ -74,6 +74,16 @@ def _alerts(relay: AlertRelay | None, ask: Any) -> dict[str, Any]:
     return {"ok": True, "alerts": relay.since(ask["run_id"], after)}
 
 
+def decode_columns(body: dict[str, Any]) -> dict[str, Any]:
+    """A Metrics body as the SDK's line carries it (point columns in base64,
+    perhaps in the per-call form) with its per-point columns as bytes.
+    Raises binascii.Error, ValueError, TypeError or KeyError on bad columns."""
+    decoded = {
+        key: base64.b64decode(body[key], validate=True) for key in PACKED_FIELDS if key in body
+    }
+    return expand_calls({**body, **decoded})
+
+
 def unpack_columns(
     events: list[dict[str, Any]],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -85,12 +95,7 @@ def unpack_columns(
         body = ev.get("body")
         if ev.get("type") == "Metrics" and isinstance(body, dict):
             try:
-                decoded = {
-                    key: base64.b64decode(body[key], validate=True)
-                    for key in PACKED_FIELDS
-                    if key in body
-                }
-                body = expand_calls({**body, **decoded})
+                body = decode_columns(body)
             except (binascii.Error, TypeError, ValueError, KeyError) as exc:
                 error = f"Metrics: bad point columns: {type(exc).__name__}: {exc}"
                 log.warning("event rejected", event_id=ev.get("event_id"), error=error)

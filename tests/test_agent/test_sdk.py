@@ -8,7 +8,6 @@ each after "spooling" it, exactly as the agent does.
 from __future__ import annotations
 
 import argparse
-import base64
 import dataclasses
 import hashlib
 import json
@@ -35,8 +34,7 @@ import pytest
 import agent.sdk as traintrail
 from agent.sdk import client as sdk_client
 from agent.sdk.context import flatten_config, git_state, sha256_tree, strip_credentials
-from agent.sdk.encode import PACKED_FIELDS, expand_calls
-from agent.sources.sdk_socket import unpack_columns
+from agent.sources.sdk_socket import decode_columns, unpack_columns
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -115,8 +113,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
 def wire_columns(body: dict[str, Any]) -> dict[str, Any]:
     """A Metrics body from the SDK's line, its packed base64 columns as lists
     (decoded and, in the per-call form, expanded as the agent does)."""
-    packed = {k: base64.b64decode(body[k], validate=True) for k in PACKED_FIELDS if k in body}
-    out = expand_calls({**body, **packed})
+    out = decode_columns(body)
     for key, fmt, width in (("step", "q", 8), ("time_us", "q", 8), ("name_idx", "i", 4),
                             ("value", "d", 8)):  # fmt: skip
         raw = out[f"{key}_le"]

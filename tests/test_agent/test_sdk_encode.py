@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from agent.sdk.encode import PACKED_FIELDS, Encoder, Entry, expand_calls
+from agent.sdk.encode import Encoder, Entry
 from agent.sdk.values import Later
 from agent.sdk.warn import WarnOnce
-from agent.sources.sdk_socket import unpack_columns
+from agent.sources.sdk_socket import decode_columns, unpack_columns
 from tests.samples import unpacked_points
 
 T0 = 1_700_000_000_000_000_000
@@ -29,9 +29,7 @@ def _points(line: str) -> list[tuple[int, int, str, float]]:
     for ev in json.loads(line)["events"]:
         if ev["type"] != "Metrics":
             continue
-        body = ev["body"]
-        packed = {k: base64.b64decode(body[k]) for k in PACKED_FIELDS if k in body}
-        out += unpacked_points(expand_calls({**body, **packed}))
+        out += unpacked_points(decode_columns(ev["body"]))
     return out
 
 

@@ -71,6 +71,11 @@ class AgentConfig:
         "Read the costly, slow-moving GPU counters (energy, aggregate ECC, retired pages, "
         "remapped rows, PCIe replays) every N samples and repeat them in between.",
     )
+    gpu_ticks_per_message: int = setting(
+        1,
+        "Send the GPU samples of N ticks as one message (fewer, larger messages; hardware "
+        "detectors see a sample up to N intervals later; XID/ECC events are never held).",
+    )
     host_enabled: bool = setting(True, "Sample CPU, memory, disk, network and run processes.")
     host_interval_s: float = setting(5.0, "Host sampling interval.")
     access_watch_paths: str = setting(

@@ -54,7 +54,11 @@ def build_sources(config: AgentConfig, node: str, runs: RunRegistry, state: Path
 
         sources.append(
             NvmlSource(
-                GpuConfig(interval_s=config.gpu_interval_s, slow_every=config.gpu_slow_every),
+                GpuConfig(
+                    interval_s=config.gpu_interval_s,
+                    slow_every=config.gpu_slow_every,
+                    ticks_per_message=config.gpu_ticks_per_message,
+                ),
                 node,
                 runs,
             )

@@ -34,7 +34,7 @@ __all__ = ["SAMPLE_TYPES", "Ingest", "Rejected"]
 
 log = structlog.get_logger("traintrail.ingest")
 
-SAMPLE_TYPES = frozenset({"GpuSample", "HostSample"})
+SAMPLE_TYPES = frozenset({"GpuSample", "GpuSamples", "HostSample"})
 _RECENT_IDS = 200_000
 _ALERT_EVERY_S = 60.0
 

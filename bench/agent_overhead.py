@@ -9,7 +9,10 @@ peak RSS from /proc. Part 2 measures events/s through the agent's whole path
 report, trim) next to a plain confluent-kafka producer sending the same
 pre-encoded bytes with the same settings, in the same run.
 
-    python bench/agent_overhead.py [DURATION_S=30] [GPU_EVENTS=50000] [METRICS_MESSAGES=500]
+Two GPU shapes: one tick of 8 GPUs per GpuSamples message (the default) and
+60 ticks per message (`[gpu] ticks_per_message = 60`).
+
+    python bench/agent_overhead.py [DURATION_S=30] [GPU_MESSAGES=20000] [METRICS_MESSAGES=500]
 """
 
 from __future__ import annotations
@@ -85,13 +88,24 @@ def overhead(bootstrap_servers: str, duration: float) -> dict[str, float]:
         return {"cpu_pct": 100 * (cpu1 - cpu0) / (t1 - t0), "rss_mb": rss_peak / 2**20}
 
 
-def gpu_events(n: int) -> tuple[list[dict[str, Any]], int]:
-    """n GpuSample events, one sample each (the GPU source's shape)."""
+GPUS = 8
+
+
+def gpu_events(n: int, ticks: int) -> tuple[list[dict[str, Any]], int]:
+    """n GpuSamples events of `ticks` ticks of 8 GPUs each, packed as the GPU
+    source packs them (the packing is the source's work, done here beforehand)."""
     from agent.sources.base import event
+    from schemas.gpu_packed import pack
     from tests.samples import body
 
-    sample = body("GpuSample")
-    return [event("GpuSample", "gpu/bench", "bench", dict(sample)) for _ in range(n)], 1
+    samples = [{**body("GpuSample"), "gpu_uuid": f"GPU-{i:08d}", "index": i} for i in range(GPUS)]
+    t0 = int(time.time() * 1e6)
+    out = []
+    for k in range(n):
+        times = [t0 + (k * ticks + j) * 1_000_000 for j in range(ticks) for _ in range(GPUS)]
+        packed = pack(samples * ticks, times)
+        out.append(event("GpuSamples", "gpu/bench", "bench", packed, time_us=times[0]))
+    return out, ticks * GPUS
 
 
 def metrics_events(n: int) -> tuple[list[dict[str, Any]], int]:
@@ -206,8 +220,11 @@ def encode_only(n: int = 5000) -> dict[str, float]:
 
     reg = default_registry()
     out = {}
-    for kind in ("GpuSample", "AccessEvent", "Metrics"):
+    for kind in ("GpuSample", "GpuSamples", "AccessEvent", "Metrics"):
         rec = record(kind)
+        if kind == "GpuSamples":  # one tick of 8 GPUs
+            (event,), _ = gpu_events(1, 1)
+            rec = {**event["body"], "envelope": rec["envelope"]}
         t0 = time.perf_counter()
         for _ in range(n):
             encode(reg, kind, rec)
@@ -215,36 +232,52 @@ def encode_only(n: int = 5000) -> dict[str, float]:
     return out
 
 
+def pack_only(n: int = 5000) -> float:
+    """µs the GPU source spends packing one tick of 8 GPUs into columns."""
+    from schemas.gpu_packed import pack
+    from tests.samples import body
+
+    samples = [{**body("GpuSample"), "gpu_uuid": f"GPU-{i:08d}", "index": i} for i in range(GPUS)]
+    times = [1] * GPUS
+    t0 = time.perf_counter()
+    for _ in range(n):
+        pack(samples, times)
+    return (time.perf_counter() - t0) / n * 1e6
+
+
 def main() -> None:
     duration = float(sys.argv[1]) if len(sys.argv) > 1 else 30.0
-    n = int(sys.argv[2]) if len(sys.argv) > 2 else 50_000
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 20_000
     n_metrics = int(sys.argv[3]) if len(sys.argv) > 3 else 500
     servers = bootstrap()
     over = overhead(servers, duration)
     met_events, points = metrics_events(n_metrics)
     met_agent, met_raw = compare(servers, met_events, 1, 3)
     del met_events
-    gpu_events_, _ = gpu_events(n)
-    gpu_agent, gpu_raw = compare(servers, gpu_events_, 100, 3)
+    gpu_rows = []
+    for ticks, messages in ((1, n), (60, max(1, n // 20))):
+        events, per = gpu_events(messages, ticks)
+        gpu_agent, gpu_raw = compare(servers, events, 1, 3)
+        del events
+        label = f"GpuSamples, {ticks} tick(s) x {GPUS} GPUs = {per} samples/message"
+        gpu_rows.append((label, gpu_agent, gpu_raw, per))
     w = 58
     print()
     print(f"{'measure':<{w}} {'value':>12}  target")
     cpu = "agent CPU, 8 GPUs + host at 1 Hz (% of one core)"
     print(f"{cpu:<{w}} {over['cpu_pct']:>11.2f}%  < 1 %")
     print(f"{'agent peak RSS (MB)':<{w}} {over['rss_mb']:>12.1f}  < 80 MB")
-    rows = [
-        ("GpuSample, 1 sample/message", gpu_agent, gpu_raw, 1),
-        (f"Metrics, {points:,} points/message", met_agent, met_raw, points),
-    ]
+    rows = [*gpu_rows, (f"Metrics, {points:,} points/message", met_agent, met_raw, points)]
     for label, agent, raw, per in rows:
         print(f"{label}:")
         print(f"{'  agent ingest+spool+deliver, messages/s':<{w}} {agent:>12,.0f}")
         print(f"{'  raw confluent-kafka produce of the same bytes, messages/s':<{w}} {raw:>12,.0f}")
         if per > 1:
-            print(f"{'  agent, points/s':<{w}} {agent * per:>12,.0f}")
+            print(f"{'  agent, samples or points/s':<{w}} {agent * per:>12,.0f}")
         print(f"{'  agent / raw':<{w}} {agent / raw:>12.2f}  >= 0.5")
     for kind, micros in encode_only().items():
-        print(f"{'fastavro encode alone, ' + kind + ' (µs/message)':<{w}} {micros:>12.1f}")
+        print(f"{'encode alone, ' + kind + ' (µs/message)':<{w}} {micros:>12.1f}")
+    print(f"{'GPU source packing one tick of 8 GPUs (µs)':<{w}} {pack_only():>12.1f}")
 
 
 if __name__ == "__main__":

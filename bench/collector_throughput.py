@@ -1,7 +1,9 @@
 """Collector throughput, Kafka → ClickHouse (chDB), next to the limits beneath it.
 
 For the metrics table (Metrics v2 messages of POINTS points each) and the GPU
-table (one GpuSample per message), in one run on the same broker and engine:
+table (GpuSamples messages of GPU_PER_MESSAGE samples each: one tick of an
+8-GPU node by default, several ticks if larger), in one run on the same broker
+and engine:
 
   (a) raw consume: a confluent-kafka consumer reading the same messages,
       no decoding;
@@ -15,13 +17,14 @@ table (one GpuSample per message), in one run on the same broker and engine:
   (e) lag recovery: a backlog of BACKLOG_S seconds at RATE points/s written
       while no collector runs, then the time one collector takes to drain it.
 
-    python bench/collector_throughput.py [POINTS_TOTAL=3000000] [GPU_MESSAGES=100000]
-        [BACKLOG_S=300] [RATE=50000]
+    python bench/collector_throughput.py [POINTS_TOTAL=3000000] [GPU_SAMPLES=100000]
+        [BACKLOG_S=300] [RATE=50000] [GPU_PER_MESSAGE=8]
 """
 
 from __future__ import annotations
 
 import json
+import struct
 import sys
 import tempfile
 import time
@@ -44,6 +47,7 @@ from collector.store import Store, connect
 from collector.topics import ensure_topics
 from collector.watch import AlertRules, Watcher
 from schemas import decode, default_registry, encode
+from schemas.gpu_packed import pack
 from tests.samples import packed_points, record
 
 POINTS = 10_000  # per Metrics message: the SDK's batch size
@@ -72,21 +76,32 @@ def metrics_messages(total_points: int, run_id: str) -> list[bytes]:
     return out
 
 
-def gpu_messages(n: int) -> list[bytes]:
+def gpu_messages(samples: int, per: int, gpus: int = 8) -> list[bytes]:
+    """GpuSamples messages of `per` samples: ticks of a `gpus`-GPU node (one tick
+    a message by default, several if `per` is larger). Ticks 1 ms apart, all
+    recent: node silence is judged on the wall clock."""
     reg = default_registry()
     base = record("GpuSample", "bench")
+    node = [{**base, "gpu_uuid": f"GPU-{i}", "index": i} for i in range(gpus)]
+    ticks = -(-per // gpus)  # per message
+    start = base["envelope"]["time_us"] - samples // gpus * 1_000
+    body = pack([node[i % gpus] for i in range(per)], [start] * per)
     out = []
-    for seq in range(n):
+    for seq in range(samples // per):
+        first = start + seq * ticks * 1_000
+        times = [first + i // gpus * 1_000 for i in range(per)]
         rec = {
-            **base,
+            **body,
+            "time_us": struct.pack(f"<{per}q", *times),
             "envelope": {
                 **base["envelope"],
                 "event_id": str(uuid.uuid4()),
+                "time_us": times[-1],
                 "seq": seq,
                 "stream": "gpu/bench-node",
             },
         }
-        out.append(encode(reg, "GpuSample", rec))
+        out.append(encode(reg, "GpuSamples", rec))
     return out
 
 
@@ -234,6 +249,8 @@ def main() -> None:
     gpu_n = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
     backlog_s = float(sys.argv[3]) if len(sys.argv) > 3 else 300.0
     rate = int(sys.argv[4]) if len(sys.argv) > 4 else 50_000
+    per = int(sys.argv[5]) if len(sys.argv) > 5 else 8
+    gpu_n -= gpu_n % per  # whole messages
     servers = bootstrap()
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="tt-bench-") as tmp:
@@ -268,12 +285,13 @@ def main() -> None:
             )
         )
 
-        gpu = gpu_messages(gpu_n)
+        gpu = gpu_messages(gpu_n, per)
         produce(servers, f"{prefix}.hardware", gpu, b"node")
-        g_raw_c = raw_consume(servers, f"{prefix}.hardware", gpu_n)
-        g_raw_i = raw_insert(store, "gpu_samples", gpu, 5000)
-        g_coll = collector(store, servers, f"{prefix}.hardware", gpu_n)
+        g_raw_c = raw_consume(servers, f"{prefix}.hardware", len(gpu))
+        g_raw_i = raw_insert(store, "gpu_samples", gpu, 5000)  # the batch's 5,000 messages
+        g_coll = collector(store, servers, f"{prefix}.hardware", len(gpu))
         rows += [
+            (f"gpu_samples: GpuSamples messages of {per} samples", f"{len(gpu):,}", "messages"),
             ("gpu_samples: (a) raw consume, no decode", f"{gpu_n / g_raw_c:,.0f}", "rows/s"),
             ("gpu_samples: (b) raw chDB insert of Arrow", f"{gpu_n / g_raw_i:,.0f}", "rows/s"),
             ("gpu_samples: (c) collector end to end", f"{gpu_n / g_coll:,.0f}", "rows/s"),

@@ -4,7 +4,7 @@ Runs the agent's NVML source against the real pynvml for DURATION seconds at
 INTERVAL, then prints: the devices, each GpuSample field with its last value
 (null = NVML said not supported here), the time one tick took (median/max,
 all devices) and the source's CPU per second of wall time, and checks that
-every sample encodes with the current schema. Useful on a new GPU model.
+every tick's GpuSamples message encodes with the current schema. Useful on a new GPU model.
 
     python bench/gpu_probe.py [DURATION_S=10] [INTERVAL_S=1]
 """
@@ -24,6 +24,7 @@ import itertools
 
 from agent.runs import RunRegistry
 from agent.sources.nvml import GpuConfig, NvmlSource
+from schemas.gpu_packed import unpack_rows
 
 
 def main() -> None:
@@ -48,7 +49,8 @@ def main() -> None:
     thread.join(10)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - proc0
-    samples = [e for _, evs in ticks for e in evs if e["type"] == "GpuSample"]
+    messages = [e for _, evs in ticks for e in evs if e["type"] == "GpuSamples"]
+    samples = [row for m in messages for row in unpack_rows(m["body"])]
     if not samples:
         print(f"no GPU samples: {source.stats.detail or 'NVML gave nothing'}")
         return
@@ -63,7 +65,7 @@ def main() -> None:
         f"process CPU while sampling: {100 * cpu / wall:.2f} % of one core "
         f"(includes this probe's own idle threads)"
     )
-    body = samples[-1]["body"]
+    body = samples[-1]
     print(f"\nlast sample of {body['name']} ({body['gpu_uuid']}):")
     for key, value in body.items():
         if key != "processes":
@@ -75,11 +77,11 @@ def main() -> None:
         from schemas import default_registry, encode
         from tests.samples import envelope
 
-        for s in samples:
-            encode(default_registry(), "GpuSample", {**s["body"], "envelope": envelope()})
+        for m in messages:
+            encode(default_registry(), "GpuSamples", {**m["body"], "envelope": envelope()})
         print(
-            f"all {len(samples)} samples encode with GpuSample "
-            f"v{default_registry().current('GpuSample').version}"
+            f"all {len(messages)} messages ({len(samples)} samples) encode with GpuSamples "
+            f"v{default_registry().current('GpuSamples').version}"
         )
     except ImportError as exc:
         print(f"(encode check skipped: {exc})")

@@ -2,12 +2,20 @@
 
 `StoreError` means ClickHouse refused or could not be reached: the pipeline
 must not commit offsets for what it holds. `ConfigError` stops a process at
-start with one line naming the setting.
+start with one line naming the setting. `InvalidEventError` is an event, not
+the collector, at fault: it becomes a dead letter.
 """
 
 from __future__ import annotations
 
-__all__ = ["CollectorError", "ConfigError", "MigrationError", "QueryError", "StoreError"]
+__all__ = [
+    "CollectorError",
+    "ConfigError",
+    "InvalidEventError",
+    "MigrationError",
+    "QueryError",
+    "StoreError",
+]
 
 
 class CollectorError(Exception):
@@ -28,3 +36,7 @@ class MigrationError(StoreError):
 
 class QueryError(CollectorError):
     """A query command could not be answered (bad arguments, API unreachable)."""
+
+
+class InvalidEventError(ValueError):
+    """Schema-valid bytes whose content cannot be stored as it claims to be."""

@@ -4,72 +4,27 @@ Each event type has one routing function that appends its row(s) to a
 `Batch`. A Metrics message becomes one `metrics` row per point (event_id and
 its index within the message) and one `metric_batches` row with the message's
 envelope, so the stored rows can be put back together into the exact message
-that was hashed into the chain.
+that was hashed into the chain. A GpuSamples message becomes one
+`gpu_samples` row per sample, the rows an old agent's GpuSample messages
+(one sample each) give; its columns are read as arrays (collector/gpu_rows.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from collector import gpu_rows
+from collector.batch import Batch, Columns, length
+from collector.errors import InvalidEventError
 from collector.tables import TABLES
 from schemas import Decoded
 
 __all__ = ["ROUTES", "Batch", "InvalidEventError", "metric_columns", "route"]
-
-
-class InvalidEventError(ValueError):
-    """Schema-valid bytes whose content cannot be stored as it claims to be."""
-
-
-Columns = dict[str, list[Any]]
-
-
-@dataclass
-class Batch:
-    """Rows for every table, as Python lists per column, until inserted."""
-
-    columns: dict[str, Columns] = field(default_factory=dict)
-    # Rows built as Arrow already (Metrics points): no per-row Python on the hot path.
-    parts: dict[str, list[pa.Table]] = field(default_factory=dict)
-
-    def table(self, name: str) -> Columns:
-        cols = self.columns.get(name)
-        if cols is None:
-            cols = {f.name: [] for f in TABLES[name]}
-            self.columns[name] = cols
-        return cols
-
-    def add(self, name: str, table: pa.Table) -> None:
-        self.parts.setdefault(name, []).append(table)
-
-    def names(self) -> list[str]:
-        return list(dict.fromkeys([*self.columns, *self.parts]))
-
-    def rows(self, name: str) -> int:
-        listed = _length(self.columns.get(name, {}))
-        return listed + sum(int(t.num_rows) for t in self.parts.get(name, ()))
-
-    def arrow(self) -> dict[str, pa.Table]:
-        out: dict[str, pa.Table] = {}
-        for name in self.names():
-            cols = self.columns.get(name)
-            tables = list(self.parts.get(name, ()))
-            if cols and _length(cols):
-                tables.insert(0, pa.table(cols, schema=TABLES[name]))
-            if len(tables) == 1:
-                out[name] = tables[0]
-            elif tables:  # one dictionary per column: what an Arrow IPC stream can carry
-                out[name] = pa.concat_tables(tables).unify_dictionaries().combine_chunks()
-        return out
-
-    def __len__(self) -> int:
-        return sum(self.rows(name) for name in self.names())
 
 
 def _identity(cols: Columns, decoded: Decoded, times: int = 1) -> None:
@@ -258,6 +213,12 @@ def _gpu(batch: Batch, d: Decoded) -> None:
     _identity(cols, d)
 
 
+def _gpu_samples(batch: Batch, d: Decoded) -> None:
+    part = gpu_rows.read(d.record, d.writer.fingerprint.hex())
+    if part.num_rows:  # an empty message: no rows (its envelope is in no table)
+        batch.defer("gpu_samples", part, gpu_rows.to_arrow)
+
+
 def _gpu_event(batch: Batch, d: Decoded) -> None:
     r = d.record
     cols = batch.table("gpu_events")
@@ -311,6 +272,7 @@ ROUTES: dict[str, Callable[[Batch, Decoded], None]] = {
     "EvalLogged": _evaluation,
     "RunEvent": _run_event,
     "GpuSample": _gpu,
+    "GpuSamples": _gpu_samples,
     "GpuEvent": _gpu_event,
     "HostSample": _host,
     "AccessEvent": _access,
@@ -329,13 +291,14 @@ def route(batch: Batch, decoded: Decoded) -> None:
     handler = ROUTES.get(decoded.name)
     if handler is None:
         raise InvalidEventError(f"{decoded.name}: not a storable event type")
-    before = {name: _length(cols) for name, cols in batch.columns.items()}
+    before = {name: length(cols) for name, cols in batch.columns.items()}
     parts = {name: len(tables) for name, tables in batch.parts.items()}
+    deferred = {name: len(held) for name, held in batch.deferred.items()}
     try:
         handler(batch, decoded)
         for name, cols in batch.columns.items():
             start = before.get(name, 0)
-            if _length(cols) > start:
+            if length(cols) > start:
                 _check_ranges(decoded.name, name, cols, start)
     except (
         InvalidEventError, KeyError, TypeError, ValueError, IndexError, OverflowError,
@@ -347,13 +310,11 @@ def route(batch: Batch, decoded: Decoded) -> None:
                 del values[keep:]
         for name, tables in batch.parts.items():
             del tables[parts.get(name, 0) :]
+        for name, held in batch.deferred.items():
+            del held[deferred.get(name, 0) :]
         if isinstance(exc, InvalidEventError):
             raise
         raise InvalidEventError(f"{decoded.name}: cannot be stored: {exc}") from exc
-
-
-def _length(cols: Columns) -> int:
-    return len(next(iter(cols.values()))) if cols else 0
 
 
 def _bounds(kind: pa.DataType) -> tuple[int, int] | None:
@@ -382,6 +343,8 @@ def _check_ranges(event: str, table: str, cols: Columns, start: int) -> None:
     for column, low, high, listed in _INTEGERS[table]:
         for value in cols[column][start:]:
             if listed:
+                if value and None in value:  # Array(Nullable(..)): a process's unknown memory
+                    value = [v for v in value if v is not None]
                 if value and not (low <= min(value) and max(value) <= high):
                     raise InvalidEventError(f"{event}: {column} {value} outside {low}..{high}")
             elif value is not None and not low <= value <= high:

@@ -61,6 +61,7 @@ _SEVERITY = {
 }
 _SERIES_DETECTORS = frozenset({"spike", "nonfinite", "divergence"})
 _MAX_SERIES = 100_000  # (run, metric) detectors kept; the least recently fed go first
+_HARDWARE = frozenset({"GpuSample", "GpuSamples", "GpuEvent", "HostSample"})
 
 
 @dataclass(frozen=True)
@@ -208,10 +209,10 @@ class Watcher:
         if name == "RunFinished":
             self._stalls.pop(r["run_id"], None)
             return []
-        if name in ("GpuSample", "GpuEvent", "HostSample"):
+        if name in _HARDWARE:
             return [
-                alert_event(run, env["node"], None, f, env["time_us"], sev)
-                for run, f, sev in self.hardware.observe(name, r, self._arrived_us())
+                alert_event(run, env["node"], None, f, t, sev)
+                for run, f, sev, t in self.hardware.observe(name, r, self._arrived_us())
             ]
         return []
 

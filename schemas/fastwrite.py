@@ -129,8 +129,11 @@ def _type_name(schema: Any) -> str:
 
 
 def _length(src: _Source, indent: int, n: str) -> None:
-    """A length or count: always >= 0, usually < 64."""
+    """A length or count: always >= 0, usually < 64, often < 8192 (two bytes:
+    the packed columns of a few samples)."""
     src.emit(indent, f"if {n} < 64: out.append({n} << 1)")
+    two = f"out.append((({n} << 1) & 0x7F) | 0x80); out.append({n} >> 6)"
+    src.emit(indent, f"elif {n} < 8192: {two}")
     src.emit(indent, f"else: _long(out, {n})")
 
 
@@ -155,7 +158,10 @@ def _value(src: _Source, indent: int, schema: Any, v: str) -> None:
         src.emit(indent, f"out.append(_boolean({v}))")
     elif kind in ("string", "bytes"):
         data, n = src.var("d"), src.var("n")
-        src.emit(indent, f"{data} = {v}.encode()" if kind == "string" else f"{data} = _blob({v})")
+        if kind == "string":
+            src.emit(indent, f"{data} = {v}.encode()")
+        else:  # bytes as they are (no call, no copy); anything else checked and copied
+            src.emit(indent, f"{data} = {v} if {v}.__class__ is bytes else _blob({v})")
         src.emit(indent, f"{n} = len({data})")
         _length(src, indent, n)
         src.emit(indent, f"out += {data}")

@@ -18,6 +18,7 @@ TOPIC_OF: dict[str, str] = {
     "EvalLogged": "training",
     "RunEvent": "training",
     "GpuSample": "hardware",
+    "GpuSamples": "hardware",
     "GpuEvent": "hardware",
     "HostSample": "hardware",
     "AccessEvent": "access",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas import Registry
+from schemas.gpu_packed import pack as gpu_pack
 from schemas.registry import AVRO_DIR
 
 __all__ = [
@@ -222,6 +223,19 @@ def body(kind: str, run_id: str = "r1") -> dict[str, Any]:
             "params": {"k": "3"},
         },
     }
+    if kind == "GpuSamples":  # two GPUs of one tick: a full sample and a sparse MIG one
+        full = bodies["GpuSample"]
+        sparse = {
+            **{k: None for k in full},
+            "gpu_uuid": "MIG-2",
+            "index": 1,
+            "name": "H100 MIG 1g.10gb",
+            "mig_parent_uuid": "GPU-2",
+            "mig_gpu_instance_id": 3,
+            "processes": [],
+        }
+        now = int(time.time() * 1e6)
+        return gpu_pack([full, sparse], [now, now])
     return bodies[kind]
 
 

@@ -1,7 +1,9 @@
 """The GPU source: an NVML sample of every GPU each interval, XID/ECC errors as they happen.
 
-Every `interval_s` (monotonic deadlines, no drift) one GpuSample per GPU and
-per MIG device goes to `emit` as one list. A second thread waits on an NVML
+Every `interval_s` (monotonic deadlines, no drift) every GPU and MIG device
+is sampled, and the samples go to `emit` as one GpuSamples message (columns
+packed per message: `schemas/gpu_packed.py`), or, with `ticks_per_message`
+above 1, the samples of that many ticks as one message. A second thread waits on an NVML
 event set (XID, double- and single-bit ECC) with a short timeout and emits a
 GpuEvent the moment one arrives, naming the training runs on that GPU, so an
 XID is on record even if the process it killed never reaches another sample.
@@ -37,6 +39,7 @@ from agent.sources.nvml_fields import (
     read_fields,
     read_processes,
 )
+from schemas.gpu_packed import pack
 
 __all__ = ["GpuConfig", "NvmlSource"]
 
@@ -63,12 +66,19 @@ class GpuConfig:
     # Slow-moving, costly counters (energy, aggregate ECC, retired pages, remapped
     # rows, PCIe replays) are read every this many ticks and repeated in between.
     slow_every: int = 10
+    # Samples of this many ticks travel as one GpuSamples message: fewer, larger
+    # messages for the whole path, at the price of hardware detectors seeing a
+    # sample up to ticks_per_message x interval_s later. XID/ECC events and
+    # lost devices are never held back.
+    ticks_per_message: int = 1
 
     def __post_init__(self) -> None:
         if not self.interval_s > 0:
             raise ValueError(f"gpu interval_s must be > 0, got {self.interval_s!r}")
         if self.slow_every < 1:
             raise ValueError(f"gpu slow_every must be >= 1, got {self.slow_every!r}")
+        if self.ticks_per_message < 1:
+            raise ValueError(f"gpu ticks_per_message must be >= 1, got {self.ticks_per_message!r}")
         if self.event_wait_ms <= 0:
             raise ValueError(f"gpu event_wait_ms must be > 0, got {self.event_wait_ms!r}")
 
@@ -114,6 +124,9 @@ class NvmlSource:
         self._told: set[tuple[int, str]] = set()
         self._register: queue.SimpleQueue[_Device] = queue.SimpleQueue()
         self._memory: dict[str, DeviceMemory] = {}
+        # Samples not yet sent: (sample body, time) of the ticks since the last message.
+        self._held: list[tuple[dict[str, Any], int]] = []
+        self._held_ticks = 0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -141,6 +154,7 @@ class NvmlSource:
                 )
                 watcher.start()
             self._loop(emit, stop, started)
+            self._send(emit, self._flush())  # held samples of a partial message
         except nv.NVMLError as exc:
             self._off(f"NVML failed: {exc}")
         finally:
@@ -208,7 +222,9 @@ class NvmlSource:
         events: list[dict[str, Any]] = []
         for dev in self._devices:
             try:
-                events.extend(self._sample(dev, t))
+                bodies, back = self._sample(dev, t)
+                events.extend(back)
+                self._held.extend((b, t) for b in bodies)
             except DeviceLost as exc:
                 if not dev.lost:
                     dev.lost = True
@@ -223,7 +239,18 @@ class NvmlSource:
                 self.stats.count(errors=1)
                 if self._first(dev, type(exc).__name__):
                     log.exception("gpu sample failed", gpu=dev.uuid, index=dev.index)
+        self._held_ticks += 1
+        if self._held_ticks >= self.config.ticks_per_message:
+            events.extend(self._flush())
         self._send(emit, events)
+
+    def _flush(self) -> list[dict[str, Any]]:
+        """The held samples as one GpuSamples event (none if nothing is held)."""
+        held, self._held, self._held_ticks = self._held, [], 0
+        if not held:
+            return []
+        body = pack([b for b, _ in held], [t for _, t in held])
+        return [event("GpuSamples", self.stream, self.node, body, time_us=held[0][1])]
 
     def _first(self, dev: _Device, what: str) -> bool:
         """True the first time `what` happens to `dev`: say it once, not every tick."""
@@ -244,7 +271,9 @@ class NvmlSource:
         dev.handle, dev.uuid = handle, uuid
         dev.name = str(self._read(uuid, "name", nv.nvmlDeviceGetName, handle) or "")
 
-    def _sample(self, dev: _Device, t: int) -> list[dict[str, Any]]:
+    def _sample(self, dev: _Device, t: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The sample bodies of `dev` and its MIG devices, and the events to send
+        before them (`device_back`)."""
         read = self._read
         assert read is not None
         was_lost = dev.lost
@@ -262,13 +291,13 @@ class NvmlSource:
                 mig[gi] = _Mig(uuid, handle, _run_ids(body))
         dev.mig = mig
         dev.runs = frozenset().union(*(_run_ids(b) for b in parts))
-        out = [event("GpuSample", self.stream, self.node, b, time_us=t) for b in parts]
+        back = []
         if was_lost:
             dev.lost = False
             log.info("gpu back", gpu=dev.uuid, index=dev.index)
             self._register.put(dev)
-            out.insert(0, self._event(dev, "device_back", None, {}, t))
-        return out
+            back.append(self._event(dev, "device_back", None, {}, t))
+        return parts, back
 
     def _body(self, handle: Any, uuid: str, index: int, name: str) -> dict[str, Any]:
         nv, read = self._nv, self._read

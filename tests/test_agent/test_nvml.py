@@ -1,6 +1,7 @@
 """The GPU source against a scripted NVML (tests/fake_nvml.py; there is no GPU here).
 
-Every field of GpuSample v2 lands with NVML's value in the schema's unit, an
+Every field of GpuSample v2 lands with NVML's value in the schema's unit (the
+samples of a tick travel as one packed GpuSamples message), an
 unsupported field is null, a lost GPU is one event and no crash, an XID is
 emitted within the event wait (not at the next sample), processes map to
 their runs, MIG devices are sampled, a node without NVML switches the source
@@ -31,6 +32,7 @@ from agent.runs import RunRegistry
 from agent.sources.nvml import GpuConfig, NvmlSource
 from agent.sources.nvml_fields import handle_key
 from schemas import Registry, decode, default_registry, encode
+from schemas.gpu_packed import unpack_rows
 from schemas.registry import AVRO_DIR
 from tests.fake_nvml import FakeGpu, FakeNvml
 from tests.samples import body as sample_body
@@ -59,8 +61,21 @@ class Sink:
         with self._cond:
             return [e for _, batch in self.calls for e in batch if kind in (None, e["type"])]
 
+    def rows(self) -> list[dict[str, Any]]:
+        """Every sample of every GpuSamples message, in order, with its time_us."""
+        return [r for e in self.events("GpuSamples") for r in unpack_rows(e["body"])]
+
     def samples(self, uuid: str) -> list[dict[str, Any]]:
-        return [e["body"] for e in self.events("GpuSample") if e["body"]["gpu_uuid"] == uuid]
+        """The GpuSample bodies of one device, as the packed messages carry them."""
+        return [
+            {k: v for k, v in r.items() if k != "time_us"}
+            for r in self.rows()
+            if r["gpu_uuid"] == uuid
+        ]
+
+    def tick_rows(self, call: int) -> list[dict[str, Any]]:
+        (message,) = [e for e in self.calls[call][1] if e["type"] == "GpuSamples"]
+        return unpack_rows(message["body"])
 
     def gpu_events(self, kind: str) -> list[dict[str, Any]]:
         return [e["body"] for e in self.events("GpuEvent") if e["body"]["kind"] == kind]
@@ -137,8 +152,10 @@ class TestSample:
         runs.register(4242, "run-a")
         with running(_source(FakeNvml([gpu]), runs, interval_s=60)) as sink:
             sink.wait_for(lambda: len(sink.samples("GPU-a")) >= 1)
-        (sample,) = sink.events("GpuSample")
-        assert (sample["stream"], sample["key"]) == (f"gpu/{NODE}", NODE)
+        (message,) = sink.events("GpuSamples")
+        assert (message["stream"], message["key"]) == (f"gpu/{NODE}", NODE)
+        (row,) = unpack_rows(message["body"])
+        assert row.pop("time_us") == message["time_us"]
         expected = {
             "gpu_uuid": "GPU-a",
             "index": 0,
@@ -188,7 +205,7 @@ class TestSample:
             "mig_compute_instance_id": None,
             "processes": [{"pid": 4242, "used_memory_bytes": 3 * GIB, "run_id": "run-a"}],
         }
-        assert sample["body"] == expected
+        assert row == expected
         schema = json.loads((AVRO_DIR / "GpuSample" / "v2.avsc").read_text())
         assert set(expected) == {f["name"] for f in schema["fields"]} - {"envelope"}
         _fits_schema(sink.events())
@@ -275,10 +292,11 @@ class TestSample:
         runs = RunRegistry()
         runs.register(4242, "run-mig")
         with running(_source(FakeNvml([parent, plain]), runs, interval_s=60)) as sink:
-            sink.wait_for(lambda: len(sink.events("GpuSample")) >= 4)
-        (tick,) = [batch for _, batch in sink.calls]
-        assert [e["body"]["gpu_uuid"] for e in tick] == ["GPU-p", "MIG-1", "MIG-2", "GPU-plain"]
-        assert len({e["time_us"] for e in tick}) == 1  # one tick, one time
+            sink.wait_for(lambda: len(sink.rows()) >= 4)
+        assert len(sink.calls) == 1
+        tick = sink.tick_rows(0)  # one tick, one message
+        assert [r["gpu_uuid"] for r in tick] == ["GPU-p", "MIG-1", "MIG-2", "GPU-plain"]
+        assert len({r["time_us"] for r in tick}) == 1  # one tick, one time
         mig1 = sink.samples("MIG-1")[0]
         assert mig1["index"] == 0
         assert mig1["name"] == "NVIDIA H100 80GB HBM3 MIG 3g.40gb"
@@ -304,6 +322,25 @@ class TestSample:
         late = times[10] - (times[0] + 10 * interval)
         assert -0.03 < late < 0.1, late
 
+    def test_ticks_per_message_packs_several_ticks_and_flushes_the_rest_at_stop(self) -> None:
+        gpus = [_gpu(uuid="GPU-t0"), _gpu(uuid="GPU-t1")]
+        source = _source(FakeNvml(gpus), interval_s=0.02, events=False, ticks_per_message=3)
+        with running(source) as sink:
+            sink.wait_for(lambda: len(sink.events("GpuSamples")) >= 2)
+            # stopping mid-message must still send what is held: poll until the
+            # next tick has happened so that something is held
+            sink.wait_for(lambda: source._held_ticks > 0)
+        messages = [unpack_rows(e["body"]) for e in sink.events("GpuSamples")]
+        assert all(len(m) == 6 for m in messages[:-1])
+        assert len(messages[-1]) in (2, 4, 6)  # the partial message sent at stop
+        for m in messages:
+            assert [r["gpu_uuid"] for r in m] == ["GPU-t0", "GPU-t1"] * (len(m) // 2)
+            times = [r["time_us"] for r in m]
+            assert times == sorted(times) and len(set(times)) == len(m) // 2
+        for e in sink.events("GpuSamples"):  # the message's time is its first sample's
+            assert e["time_us"] == unpack_rows(e["body"])[0]["time_us"]
+        _fits_schema(sink.events())
+
 
 class TestCostlyFields:
     """Measured on an H100: the PCIe sampling call blocks ~21 ms and the energy
@@ -324,7 +361,7 @@ class TestCostlyFields:
             sink.wait_for(lambda: len(sink.calls) >= 1)
             gpu.pcie_tx_bytes, gpu.pcie_rx_bytes = 2_000_000, 1_000_000  # ~0.2 s later
             sink.wait_for(lambda: len(sink.calls) >= 3)
-        bodies = [events[0]["body"] for _, events in sink.calls]
+        bodies = [sink.tick_rows(i)[0] for i in range(3)]
         assert calls == ["throughput", "throughput"]  # first tick only (tx and rx)
         second = bodies[1]
         # 2 MB in ~0.2 s is ~10,000 KB/s; 1 MB ~5,000 KB/s
@@ -338,7 +375,7 @@ class TestCostlyFields:
             sink.wait_for(lambda: len(sink.calls) >= 1)
             gpu.energy_mj = 2000
             sink.wait_for(lambda: len(sink.calls) >= 5)
-        energy = [events[0]["body"]["energy_mj"] for _, events in sink.calls[:5]]
+        energy = [sink.tick_rows(i)[0]["energy_mj"] for i in range(5)]
         assert energy[:3] == [1000, 1000, 1000]  # read at tick 0, repeated at 1 and 2
         assert energy[3:5] == [2000, 2000]  # read again at tick 3
         assert all(e is not None for e in energy)
@@ -409,7 +446,7 @@ class TestEvents:
         arrived, batch = next((t, b) for t, b in sink.calls if b[0]["type"] == "GpuEvent")
         assert arrived - posted < 0.5
         assert len(batch) == 1  # its own emit, not riding on a sample
-        assert len(sink.events("GpuSample")) == 1  # the next sample is a minute away
+        assert len(sink.rows()) == 1  # the next sample is a minute away
         xid = batch[0]["body"]
         assert xid == {
             "gpu_uuid": "GPU-x",
@@ -569,6 +606,8 @@ class TestSchema:
     def test_gpu_config_rejects_nonsense(self) -> None:
         with pytest.raises(ValueError, match="interval_s"):
             GpuConfig(interval_s=0)
+        with pytest.raises(ValueError, match="ticks_per_message"):
+            GpuConfig(ticks_per_message=0)
         with pytest.raises(ValueError, match="event_wait_ms"):
             GpuConfig(event_wait_ms=0)
 

@@ -64,10 +64,14 @@ def pipeline_for(
     return pipeline
 
 
-def produce(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> None:
+def produce(
+    bootstrap: str, topic: str, values: list[tuple[bytes, bytes]], partition: int | None = None
+) -> None:
+    """Send keyed messages; to `partition` when given, else where the key hashes."""
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    where = {} if partition is None else {"partition": partition}
     for key, value in values:
-        producer.produce(topic, value=value, key=key)
+        producer.produce(topic, value=value, key=key, **where)
     assert producer.flush(30) == 0
 
 

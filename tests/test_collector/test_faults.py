@@ -3,6 +3,7 @@ down, a collector dying mid-stream, garbage and fuzz, dead-letter replay."""
 
 from __future__ import annotations
 
+import math
 import struct
 import threading
 import time
@@ -133,8 +134,8 @@ def test_hung_collector_loses_its_partitions_and_each_event_is_seen_once(
     variant below runs where a ClickHouse server is available.)"""
     config, topic = training_topic(kafka_bootstrap, 4, collector_batch_max_messages=20)
     run_ids = [f"hang{i}-{uuid.uuid4().hex[:6]}" for i in range(8)]
-    for run_id in run_ids:  # keys spread over the 4 partitions
-        produce(kafka_bootstrap, topic, _metrics(run_id, 25))
+    for i, run_id in enumerate(run_ids):  # two runs a partition: both collectors get work
+        produce(kafka_bootstrap, topic, _metrics(run_id, 25), partition=i % 4)
     total = 8 * 25
 
     hang = threading.Event()
@@ -237,6 +238,15 @@ def _mutants() -> st.SearchStrategy[bytes]:
         elif how == 3 and kind in {"GpuSample", "HostSample"}:
             field = "power_w" if kind == "GpuSample" else "cpu_percent"
             rec[field] = float("nan")
+        elif kind == "GpuSamples" and how in (2, 3, 5):  # the first sample's packed value
+            field, code, value = {
+                2: ("utilization_gpu", "q", 300),  # not a uint8
+                3: ("power_w", "d", math.inf),
+                5: ("time_us", "q", 5),  # 1970, in an envelope of now
+            }[how]
+            rec[field] = struct.pack(f"<{code}", value) + rec[field][8:]
+        elif kind == "GpuSamples":
+            rec["devices"][0]["gpu_uuid"] = "x" * 70_000
         else:
             key = "run_id" if "run_id" in rec else "gpu_uuid" if "gpu_uuid" in rec else None
             if key is None:
@@ -256,7 +266,7 @@ def _mutants() -> st.SearchStrategy[bytes]:
         lambda t: t[0][:2] + t[1] + t[0][10:]
     )
     junk = st.binary(max_size=300)
-    bad_meaning = st.tuples(st.sampled_from(_KINDS), st.integers(0, 4)).map(lambda t: semantic(*t))
+    bad_meaning = st.tuples(st.sampled_from(_KINDS), st.integers(0, 5)).map(lambda t: semantic(*t))
     return st.one_of(flips, cuts, tails, wrong_fp, junk, bad_meaning)
 
 

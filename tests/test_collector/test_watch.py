@@ -10,12 +10,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from collector.hardware import HardwareConfig
 from collector.preview import preview_file
 from collector.watch import AlertRules, Watcher
 from schemas import Decoded, decode, default_registry, encode
-from tests.samples import record
+from schemas.gpu_packed import pack
+from tests.samples import body, envelope, record
 from tests.test_collector.kit import T0, curve_messages
 
 
@@ -148,6 +150,81 @@ def test_hardware_xid_ecc_throttle_idle_and_silence() -> None:
     assert watcher.tick(T0 + 300 * 1_000_000) == []  # one alert per silence
     back = watcher.observe(_gpu(301, processes=train))
     assert ("node_silent", "resolved") in [(a["detector"], a["state"]) for a in back]
+
+
+def _tick(t: int) -> list[dict[str, Any]]:
+    """Two GPUs' samples at second `t`: GPU-a throttled 5..20 and 62..79 (its
+    end seen in an otherwise calm message), its uncorrectable ECC count rising at
+    12 and 130; GPU-b, held by run r1 (and a process of no run), idle 25..35 and
+    45..55, without a throttle reading. Calm 81..129 and 140..159."""
+    a = {
+        **body("GpuSample", "r1"),
+        "gpu_uuid": "GPU-a",
+        "index": 0,
+        "throttle_reasons": 0x40 if 5 <= t <= 20 or 62 <= t <= 79 else 0,
+        "ecc_uncorrected": 0 if t < 12 else 2 if t < 130 else 3,
+    }
+    b = {
+        **body("GpuSample", "r1"),
+        "gpu_uuid": "GPU-b",
+        "index": 1,
+        "throttle_reasons": None,
+        "utilization_gpu": 1 if 25 <= t <= 35 or 45 <= t <= 55 else 90,
+        "processes": [
+            {"pid": 7, "used_memory_bytes": None, "run_id": None},
+            {"pid": 8, "used_memory_bytes": 3, "run_id": "r1"},
+        ],
+    }
+    return [a, b]
+
+
+def _as_gpu_sample(t: int, sample: dict[str, Any]) -> Decoded:
+    reg = default_registry()
+    env = {**envelope("gpu/node-1"), "time_us": T0 + t * 1_000_000}
+    return decode(reg, encode(reg, "GpuSample", {**sample, "envelope": env}))
+
+
+def _as_gpu_samples(ticks: list[int]) -> Decoded:
+    """The ticks' samples in one message, latest tick first: the watch must sort."""
+    reg = default_registry()
+    order = sorted(ticks, reverse=True)
+    samples = [s for t in order for s in _tick(t)]
+    times = [T0 + t * 1_000_000 for t in order for _ in range(2)]
+    env = {**envelope("gpu/node-1"), "time_us": max(times, default=T0 + 10**9)}
+    return decode(reg, encode(reg, "GpuSamples", {**pack(samples, times), "envelope": env}))
+
+
+@pytest.mark.parametrize("ticks", [4, 20])  # 8 samples a message; 40: the vectorized scan
+def test_gpu_samples_raise_what_the_same_samples_raise_one_message_each(ticks: int) -> None:
+    rules = AlertRules(hardware=HardwareConfig(throttle_hold_s=5, idle_hold_s=5))
+    one_each, packed = Watcher(rules), Watcher(rules)
+    seconds = list(range(160))
+    expected = _feed(one_each, [_as_gpu_sample(t, s) for t in seconds for s in _tick(t)])
+    messages = [_as_gpu_samples(seconds[i : i + ticks]) for i in range(0, 160, ticks)]
+    assert _feed(packed, messages) == expected
+    ecc = [a["message"] for a in expected if a["detector"] == "ecc_uncorrectable"]
+    assert [m.rsplit(": ", 1)[1] for m in ecc] == ["0 -> 2", "2 -> 3"]
+    assert [a["detector"] for a in expected].count("throttle") == 4  # 2 episodes, 2 alerts each
+    assert [a["detector"] for a in expected].count("gpu_idle") == 4
+    got = {(a["detector"], a["state"], a["params"].get("gpu_uuid")) for a in expected}
+    assert got == {
+        ("throttle", "firing", "GPU-a"),
+        ("throttle", "resolved", "GPU-a"),
+        ("ecc_uncorrectable", "firing", "GPU-a"),
+        ("gpu_idle", "firing", "GPU-b"),
+        ("gpu_idle", "resolved", "GPU-b"),
+    }
+    assert all(a["run_id"] == "r1" for a in expected)  # the runs of the GPUs' processes
+
+    assert one_each.tick(T0 + 260 * 1_000_000) == []  # 101 s after the last sample
+    assert packed.tick(T0 + 260 * 1_000_000) == []  # the last sample's, not its message's
+    silent = one_each.tick(T0 + 300 * 1_000_000)  # silence counts GpuSamples too
+    assert [a["detector"] for a in silent] == ["node_silent"]
+    assert packed.tick(T0 + 300 * 1_000_000) == silent
+    back = one_each.observe(_as_gpu_sample(400, _tick(400)[0]))
+    assert [(a["detector"], a["state"]) for a in back] == [("node_silent", "resolved")]
+    assert packed.observe(_as_gpu_samples([400])) == back
+    assert packed.observe(_as_gpu_samples([])) == []  # an empty message: nothing to judge
 
 
 def test_preview_of_csv_and_parquet_files(tmp_path: Path) -> None:

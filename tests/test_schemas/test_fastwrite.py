@@ -149,3 +149,18 @@ def test_nan_and_infinity_keep_their_bits() -> None:
     for v in (math.nan, math.inf, -math.inf, -0.0):
         rec = {**record("GpuSample"), "power_w": v}
         assert gpu.write(rec) == _fastavro(gpu.parsed, rec)
+
+
+@pytest.mark.parametrize("size", [0, 63, 64, 127, 128, 8191, 8192, 16384, 200_000])
+@pytest.mark.parametrize("kind", ["bytes", "string"])
+def test_lengths_of_every_varint_width_match_fastavro(size: int, kind: str) -> None:
+    """One, two (the packed columns of a few samples) and more length bytes;
+    bytearray and memoryview values are copied, bytes taken as they are."""
+    schema = parse_schema({"type": "record", "name": "L", "fields": [{"name": "v", "type": kind}]})
+    write = compile_writer(schema)
+    assert write is not None
+    value: Any = "é" * (size // 2) + "x" * (size % 2) if kind == "string" else b"\x07" * size
+    assert write({"v": value}) == _fastavro(schema, {"v": value})
+    if kind == "bytes":
+        for view in (bytearray(value), memoryview(value)):
+            assert write({"v": view}) == _fastavro(schema, {"v": bytes(view)})

@@ -8,16 +8,20 @@ query API (the way users read an embedded store).
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
+import time
 import uuid
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, Producer
 
-from schemas import default_registry, encode, event_hash
+from schemas import decode, default_registry, encode, event_hash
+from schemas.gpu_packed import unpack_rows
 from tests.procs import AgentProc, CollectorProc, stack_env, wait_for
 from tests.samples import packed_points, record
 from tests.test_schemas.test_codec import decode_with_reference_avro
@@ -258,3 +262,113 @@ def test_nan_stops_the_run_through_stop_on(stack: Any, tmp_path: Path) -> None:
     ]
     relay = agent.status()["alert_relay"]
     assert relay["assigned"] and relay["alive"] and relay["relayed"] >= 1
+
+
+_FAKE_PYNVML = """
+# Stands in for pynvml in the agent process: two scripted GPUs (tests/fake_nvml.py).
+import sys
+from tests.fake_nvml import FakeGpu, FakeNvml
+
+sys.modules[__name__] = FakeNvml(
+    [FakeGpu(uuid="GPU-e2e-0"), FakeGpu(uuid="GPU-e2e-1", temperature=70, power_mw=300_000)]
+)
+"""
+
+
+def _hardware_messages(bootstrap: str, topic: str) -> list[Any]:
+    """Every message of `topic`, decoded, read to the end of each partition."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    partitions = len(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+    at_end: set[int] = set()
+    out = []
+    deadline = time.monotonic() + 60
+    while len(at_end) < partitions:
+        assert time.monotonic() < deadline, "could not read the hardware topic to its end"
+        msg = consumer.poll(0.5)
+        if msg is None:
+            continue
+        if msg.error():
+            assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
+            at_end.add(msg.partition())
+            continue
+        out.append(decode(default_registry(), msg.value()))
+    consumer.close()
+    return out
+
+
+def test_gpu_samples_from_the_agent_arrive_as_rows_once(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """The agent samples two (fake) GPUs every 0.1 s and sends three ticks a
+    message; after a clean stop, ClickHouse holds exactly the samples of every
+    GpuSamples message on the topic, one row each, and the messages form one
+    gap-free chain, the partial message sent at stop included."""
+    prefix = f"gpu{uuid.uuid4().hex[:8]}"
+    fake = tmp_path / "fake-pynvml"
+    fake.mkdir()
+    (fake / "pynvml.py").write_text(_FAKE_PYNVML)
+    env = stack_env(tmp_path, kafka_bootstrap, prefix)
+    collector = CollectorProc(tmp_path / "collector", env).start()
+    agent_env = {
+        **env,
+        "PYTHONPATH": f"{fake}{os.pathsep}{env['PYTHONPATH']}",
+        "TRAINTRAIL_GPU_INTERVAL_S": "0.1",
+        "TRAINTRAIL_GPU_TICKS_PER_MESSAGE": "3",
+        "TRAINTRAIL_HOST_ENABLED": "false",
+        "TRAINTRAIL_AGENT_NODE": "gpu-node",
+    }
+    agent = AgentProc(tmp_path / "agent", agent_env).start()
+    try:
+        wait_for(
+            "GPU rows stored",
+            lambda: collector.scalar("SELECT count() FROM gpu_samples FINAL") >= 30,
+            timeout=60,
+        )
+        assert agent.stop() == 0, agent.log()
+        messages = [
+            m for m in _hardware_messages(kafka_bootstrap, f"{prefix}.hardware")
+            if m.name == "GpuSamples"
+        ]  # fmt: skip
+        rows = [(m, r) for m in messages for r in unpack_rows(m.record)]
+        wait_for(
+            "every sample on the topic stored",
+            lambda: collector.scalar("SELECT count() FROM gpu_samples FINAL") >= len(rows),
+            timeout=60,
+        )
+        stored = collector.sql(
+            "SELECT gpu_uuid, toUnixTimestamp64Micro(event_time) AS t, toString(event_id) AS id,"
+            " seq, temperature_c, power_w, memory_used_bytes, utilization_gpu"
+            " FROM gpu_samples FINAL WHERE node = 'gpu-node'"
+        )
+    finally:
+        agent.stop()
+        assert collector.stop() == 0, collector.log()
+    expected = [
+        {
+            "gpu_uuid": r["gpu_uuid"],
+            "t": r["time_us"],
+            "id": m.record["envelope"]["event_id"],
+            "seq": m.record["envelope"]["seq"],
+            "temperature_c": r["temperature_c"],
+            "power_w": r["power_w"],
+            "memory_used_bytes": r["memory_used_bytes"],
+            "utilization_gpu": r["utilization_gpu"],
+        }
+        for m, r in rows
+    ]
+    key = itemgetter("gpu_uuid", "t")
+    assert sorted(stored, key=key) == sorted(expected, key=key)  # each sample once, as sent
+    seqs = sorted(m.record["envelope"]["seq"] for m in messages)
+    assert seqs == list(range(len(messages)))  # one stream, no gap, nothing twice
+    sizes = [m.record["count"] for m in sorted(messages, key=lambda m: m.record["envelope"]["seq"])]
+    assert all(n == 6 for n in sizes[:-1]) and sizes[-1] in (2, 4, 6), sizes
+    assert {r["gpu_uuid"] for r in stored} == {"GPU-e2e-0", "GPU-e2e-1"}

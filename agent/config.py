@@ -74,7 +74,8 @@ class AgentConfig:
     gpu_ticks_per_message: int = setting(
         1,
         "Send the GPU samples of N ticks as one message (fewer, larger messages; hardware "
-        "detectors see a sample up to N intervals later; XID/ECC events are never held).",
+        "detectors see a sample up to N intervals later; XID/ECC events are never held; "
+        "a message goes out at 1,024 samples whatever N is).",
     )
     host_enabled: bool = setting(True, "Sample CPU, memory, disk, network and run processes.")
     host_interval_s: float = setting(5.0, "Host sampling interval.")

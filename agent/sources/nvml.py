@@ -54,6 +54,10 @@ _WANTED_EVENTS = (
 _LOST = ("GPU_IS_LOST", "UNKNOWN", "RESET_REQUIRED", "GPU_NOT_FOUND")
 _NOT_THERE = ("LIBRARY_NOT_FOUND", "DRIVER_NOT_LOADED")
 _MAX_PENDING_EVENTS = 10_000
+# A GpuSamples message is sent once it holds this many samples, whatever
+# ticks_per_message says: ~350 bytes a sample keeps it far below Kafka's
+# default 1 MB message limit (message.max.bytes).
+MAX_SAMPLES_PER_MESSAGE = 1024
 
 
 @dataclass(frozen=True)
@@ -240,7 +244,8 @@ class NvmlSource:
                 if self._first(dev, type(exc).__name__):
                     log.exception("gpu sample failed", gpu=dev.uuid, index=dev.index)
         self._held_ticks += 1
-        if self._held_ticks >= self.config.ticks_per_message:
+        full = len(self._held) >= MAX_SAMPLES_PER_MESSAGE
+        if full or self._held_ticks >= self.config.ticks_per_message:
             events.extend(self._flush())
         self._send(emit, events)
 

@@ -27,6 +27,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+import agent.sources.nvml as nvml_module
 import tests.fake_nvml as fake_module
 from agent.runs import RunRegistry
 from agent.sources.nvml import GpuConfig, NvmlSource
@@ -340,6 +341,19 @@ class TestSample:
         for e in sink.events("GpuSamples"):  # the message's time is its first sample's
             assert e["time_us"] == unpack_rows(e["body"])[0]["time_us"]
         _fits_schema(sink.events())
+
+    def test_a_message_is_sent_once_it_holds_the_most_samples_allowed(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """However many ticks a message may hold, it never outgrows Kafka's
+        message size limit: it goes out at MAX_SAMPLES_PER_MESSAGE."""
+        monkeypatch.setattr(nvml_module, "MAX_SAMPLES_PER_MESSAGE", 4)
+        gpus = [_gpu(uuid="GPU-m0"), _gpu(uuid="GPU-m1")]
+        source = _source(FakeNvml(gpus), interval_s=0.02, events=False, ticks_per_message=1000)
+        with running(source) as sink:
+            sink.wait_for(lambda: len(sink.events("GpuSamples")) >= 3)
+        sizes = [e["body"]["count"] for e in sink.events("GpuSamples")]
+        assert all(n == 4 for n in sizes[:-1]) and sizes[-1] in (2, 4), sizes
 
 
 class TestCostlyFields:

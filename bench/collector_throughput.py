@@ -12,8 +12,10 @@ and engine:
   (c) the collector: the real Pipeline (consume → decode → validate → route
       → Arrow insert → commit) from a fresh consumer group;
   (d) the peer an operator might pick instead: ClickHouse's own Kafka table
-      engine with a materialized view, inside the same chDB, reading the same
-      points as JSONEachRow (one JSON line per point, many lines a message);
+      engine with a materialized view, reading the same points as JSONEachRow
+      (one JSON line per point, many lines a message) from the same broker, in
+      this chDB or, where its Kafka engine does not work, in the chDB of
+      BENCH_PEER_PYTHON or .traintrail/peer-venv (bench/kafka_engine_peer.py);
   (e) lag recovery: a backlog of BACKLOG_S seconds at RATE points/s written
       while no collector runs, then the time one collector takes to drain it.
 
@@ -24,7 +26,9 @@ and engine:
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from bench._kafka import bootstrap
+from bench._kafka import REPO, bootstrap
 from collector.alert_sinks import AlertSinks
 from collector.alerting import Alerting
 from collector.config import load_config
@@ -187,8 +191,21 @@ def collector(store: Store, servers: str, topic: str, n: int, **settings: Any) -
     return elapsed
 
 
-def kafka_engine(store: Store, servers: str, total_points: int) -> float | str:
-    """ClickHouse's Kafka engine + materialized view, JSONEachRow, in the same chDB."""
+_PEER = Path(__file__).resolve().parent / "kafka_engine_peer.py"
+_PEER_VENV = REPO / ".traintrail" / "peer-venv" / "bin" / "python"
+
+
+def _peer_pythons() -> list[str]:
+    """This Python first (the project's chDB), then one whose chDB's Kafka engine
+    works: BENCH_PEER_PYTHON, or the venv kafka_engine_peer.py describes."""
+    found = [sys.executable]
+    extra = os.environ.get("BENCH_PEER_PYTHON") or (str(_PEER_VENV) if _PEER_VENV.exists() else "")
+    return [*found, extra] if extra else found
+
+
+def kafka_engine(servers: str, total_points: int) -> tuple[float | str, str]:
+    """ClickHouse's Kafka engine + materialized view reading the same points as
+    JSONEachRow from the same broker: (seconds or why not, ClickHouse version)."""
     topic = f"peer-{uuid.uuid4().hex[:8]}"
     ensure_topics(servers, [topic], 1, 1)
     lines_per_message = POINTS
@@ -212,36 +229,27 @@ def kafka_engine(store: Store, servers: str, total_points: int) -> float | str:
         )
         messages.append("\n".join(rows).encode())
     produce(servers, topic, messages, b"peer")
-    suffix = uuid.uuid4().hex[:8]
-    try:
-        store.command(f"""CREATE TABLE peer_points_{suffix} (run_id String,
-            name LowCardinality(String), step Int64, time DateTime64(6, 'UTC'), value Float64,
-            idx UInt32, event_id UUID) ENGINE = ReplacingMergeTree
-            ORDER BY (run_id, name, step, event_id, idx)""")
-        store.command(f"""CREATE TABLE peer_queue_{suffix} (run_id String, name String,
-            step Int64, time Int64, value Float64, idx UInt32, event_id String)
-            ENGINE = Kafka SETTINGS kafka_broker_list = '{servers}',
-            kafka_topic_list = '{topic}', kafka_group_name = 'peer-{suffix}',
-            kafka_format = 'JSONEachRow', kafka_max_block_size = 1048576,
-            kafka_poll_max_batch_size = 1048576""")
-    except Exception as exc:  # the engine may be missing from a build: say so
-        return f"unavailable in this build ({str(exc).splitlines()[0][:120]})"
-    t0 = time.perf_counter()
-    store.command(f"""CREATE MATERIALIZED VIEW peer_mv_{suffix} TO peer_points_{suffix} AS
-        SELECT run_id, name, step, fromUnixTimestamp64Micro(time) AS time, value, idx,
-               toUUID(event_id) AS event_id FROM peer_queue_{suffix}""")
-    deadline = time.monotonic() + 600
-    while True:
-        n = int(store.query(f"SELECT count() AS n FROM peer_points_{suffix}")[0]["n"])
-        if n >= total_points:
-            break
-        if time.monotonic() > deadline:
-            return f"stalled at {n} of {total_points} rows after 600 s"
-        time.sleep(0.05)
-    elapsed = time.perf_counter() - t0
-    store.command(f"DROP TABLE peer_mv_{suffix}")
-    store.command(f"DROP TABLE peer_queue_{suffix}")
-    return elapsed
+    why, version = "", ""
+    for python in _peer_pythons():
+        with tempfile.TemporaryDirectory(prefix="tt-peer-") as store_dir:
+            done = subprocess.run(
+                [python, str(_PEER), servers, topic, str(total_points), store_dir],
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+        lines = done.stdout.strip().splitlines()
+        if done.returncode != 0 or not lines:
+            why = f"{python}: exit {done.returncode}: {done.stderr.strip()[-200:]}"
+            continue
+        result = json.loads(lines[-1])
+        version = str(result.get("clickhouse", ""))
+        if "seconds" in result:
+            return float(result["seconds"]), version
+        why = f"unavailable in ClickHouse {version} ({result['error'][:120]})"
+    if len(_peer_pythons()) == 1:
+        why += "; a chDB that runs it: see bench/kafka_engine_peer.py"
+    return why, version
 
 
 def main() -> None:
@@ -276,14 +284,16 @@ def main() -> None:
             ("metrics: (c) collector end to end", f"{total / coll:,.0f}", "points/s"),
             ("metrics: (c) / slower of (a), (b)", f"{total / coll / slower:.2f}", ">= 0.5"),
         ]
-        peer = kafka_engine(store, servers, total)
+        peer, version = kafka_engine(servers, total)
         rows.append(
             (
-                "metrics: (d) ClickHouse Kafka engine + MV, JSONEachRow",
+                f"metrics: (d) ClickHouse {version} Kafka engine + MV, JSONEachRow",
                 peer if isinstance(peer, str) else f"{total / peer:,.0f}",
                 "points/s",
             )
         )
+        if not isinstance(peer, str):
+            rows.append(("metrics: (c) / (d)", f"{peer / coll:.2f}", ">= 1"))
 
         gpu = gpu_messages(gpu_n, per)
         produce(servers, f"{prefix}.hardware", gpu, b"node")

@@ -32,6 +32,7 @@ __all__ = [
     "PackError",
     "check",
     "pack",
+    "pack_readable",
     "unpack_rows",
 ]
 
@@ -149,6 +150,30 @@ def pack(samples: Sequence[Mapping[str, Any]], times_us: Sequence[int]) -> dict[
     )
     body["runs"] = list(runs)
     return body
+
+
+def pack_readable(
+    samples: Sequence[Mapping[str, Any]], times_us: Sequence[int]
+) -> tuple[dict[str, Any] | None, int, list[str]]:
+    """`pack` of the samples that fit their columns: (body or None if none
+    does, the first kept sample's time, why each other sample was left out).
+    A driver's out-of-range reading costs its sample, not the whole message."""
+    try:
+        return (pack(samples, times_us) if samples else None), (times_us or [0])[0], []
+    except (TypeError, ValueError, OverflowError):
+        pass
+    kept: list[tuple[Mapping[str, Any], int]] = []
+    errors: list[str] = []
+    for sample, t in zip(samples, times_us, strict=True):
+        try:
+            pack([sample], [t])
+        except (TypeError, ValueError, OverflowError) as exc:
+            errors.append(f"{sample.get('gpu_uuid')}: {type(exc).__name__}: {exc}")
+        else:
+            kept.append((sample, t))
+    if not kept:
+        return None, 0, errors
+    return pack([s for s, _ in kept], [t for _, t in kept]), kept[0][1], errors
 
 
 def check(body: Mapping[str, Any]) -> int:

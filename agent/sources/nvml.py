@@ -39,7 +39,7 @@ from agent.sources.nvml_fields import (
     read_fields,
     read_processes,
 )
-from schemas.gpu_packed import pack
+from schemas.gpu_packed import pack_readable
 
 __all__ = ["GpuConfig", "NvmlSource"]
 
@@ -252,10 +252,13 @@ class NvmlSource:
     def _flush(self) -> list[dict[str, Any]]:
         """The held samples as one GpuSamples event (none if nothing is held)."""
         held, self._held, self._held_ticks = self._held, [], 0
-        if not held:
+        body, first_us, dropped = pack_readable([b for b, _ in held], [t for _, t in held])
+        if dropped:  # a reading no column holds (a driver's 2**64-1): counted and said
+            self.stats.count(errors=len(dropped))
+            log.warning("gpu samples dropped", dropped=len(dropped), error=dropped[0])
+        if body is None:
             return []
-        body = pack([b for b, _ in held], [t for _, t in held])
-        return [event("GpuSamples", self.stream, self.node, body, time_us=held[0][1])]
+        return [event("GpuSamples", self.stream, self.node, body, time_us=first_us)]
 
     def _first(self, dev: _Device, what: str) -> bool:
         """True the first time `what` happens to `dev`: say it once, not every tick."""

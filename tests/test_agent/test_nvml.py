@@ -355,6 +355,16 @@ class TestSample:
         sizes = [e["body"]["count"] for e in sink.events("GpuSamples")]
         assert all(n == 4 for n in sizes[:-1]) and sizes[-1] in (2, 4), sizes
 
+    def test_a_reading_no_column_can_hold_drops_that_sample_only(self) -> None:
+        bad = _gpu(uuid="GPU-bad", energy_mj=2**64 - 5)  # beyond int64: not packable
+        good = _gpu(uuid="GPU-good")
+        source = _source(FakeNvml([bad, good]), interval_s=0.02, events=False)
+        with running(source) as sink:
+            sink.wait_for(lambda: len(sink.samples("GPU-good")) >= 3)
+        assert sink.samples("GPU-bad") == []
+        assert source.stats.errors >= 3  # one a tick, counted
+        _fits_schema(sink.events())
+
 
 class TestCostlyFields:
     """Measured on an H100: the PCIe sampling call blocks ~21 ms and the energy

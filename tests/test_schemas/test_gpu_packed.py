@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from schemas import decode, default_registry, encode
-from schemas.gpu_packed import NUMERIC, PackError, check, pack, unpack_rows
+from schemas.gpu_packed import NUMERIC, PackError, check, pack, pack_readable, unpack_rows
 from schemas.registry import AVRO_DIR
 from tests.samples import body, envelope
 
@@ -91,3 +91,14 @@ def test_columns_that_do_not_fit_together_are_refused() -> None:
         check({**packed, "process_pid": b""})
     with pytest.raises(PackError):
         pack([body("GpuSample", "r1")], [1, 2])
+
+
+def test_pack_readable_leaves_out_only_the_samples_no_column_holds() -> None:
+    good = {**body("GpuSample"), "gpu_uuid": "GPU-good"}
+    bad = {**body("GpuSample"), "gpu_uuid": "GPU-bad", "energy_mj": 2**64 - 1}
+    packed, first, errors = pack_readable([bad, good], [1, 2])
+    assert packed is not None and [r["gpu_uuid"] for r in unpack_rows(packed)] == ["GPU-good"]
+    assert first == 2
+    assert len(errors) == 1 and errors[0].startswith("GPU-bad: OverflowError")
+    assert pack_readable([bad], [1]) == (None, 0, [errors[0]])
+    assert pack_readable([], []) == (None, 0, [])

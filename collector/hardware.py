@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
-from array import array
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,7 +26,7 @@ import numpy as np
 
 from collector.detectors import Finding
 from collector.gpu_rows import column
-from schemas.gpu_packed import INT_NULL
+from schemas.gpu_packed import INT_NULL, unpacked
 
 __all__ = ["THROTTLE_MASK", "HardwareConfig", "HardwareWatch"]
 
@@ -39,7 +37,6 @@ _CRITICAL_EVENTS = {"xid": "XID error", "ecc_double_bit": "double-bit ECC error"
 
 Hit = tuple[str | None, Finding, str, int]  # (run_id, finding, severity, time_us)
 _NOBODY: list[str | None] = [None]  # the run of a finding on a GPU no run holds
-_SWAP = sys.byteorder == "big"
 _SCAN_FROM = 32  # samples in a message from which `_calm` pays off over the loop's test
 
 
@@ -305,8 +302,4 @@ class HardwareWatch:
 def _values(raw: bytes, code: str) -> list[Any]:
     """A packed little-endian column as Python numbers: for a message's few
     values the stdlib's array is cheaper than a numpy call."""
-    values = array(code)
-    values.frombytes(raw)
-    if _SWAP:
-        values.byteswap()
-    return values.tolist()
+    return unpacked(code, raw).tolist()

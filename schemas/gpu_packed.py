@@ -34,6 +34,7 @@ __all__ = [
     "pack",
     "pack_readable",
     "unpack_rows",
+    "unpacked",
 ]
 
 INT_NULL = -(2**63)
@@ -108,7 +109,8 @@ def _packed(code: str, values: Sequence[Any]) -> bytes:
     return arr.tobytes()
 
 
-def _unpacked(code: str, data: bytes) -> array[Any]:
+def unpacked(code: str, data: bytes) -> array[Any]:
+    """A packed little-endian column as a stdlib array of native numbers."""
     arr = array(code)
     arr.frombytes(data)
     if _SWAP:
@@ -189,17 +191,17 @@ def check(body: Mapping[str, Any]) -> int:
                 f"GpuSamples: {name} holds {len(body[name])} bytes, "
                 f"{n} samples need {n * _SIZE[code]}"
             )
-    devices = _unpacked("i", body["device"])
+    devices = unpacked("i", body["device"])
     if devices and not (min(devices) >= 0 and max(devices) < len(body["devices"])):
         raise PackError(f"GpuSamples: device index outside devices (0..{len(body['devices']) - 1})")
-    counts = _unpacked("i", body["process_count"])
+    counts = unpacked("i", body["process_count"])
     if counts and min(counts) < 0:
         raise PackError("GpuSamples: negative process_count")
     procs = int(sum(counts))
     for name, code in _PER_PROCESS_PACKED:
         if len(body[name]) != procs * _SIZE[code]:
             raise PackError(f"GpuSamples: {name} does not hold {procs} processes")
-    runs = _unpacked("i", body["process_run"])
+    runs = unpacked("i", body["process_run"])
     if runs and not (min(runs) >= -1 and max(runs) < len(body["runs"])):
         raise PackError(f"GpuSamples: process_run outside runs (-1..{len(body['runs']) - 1})")
     return procs
@@ -209,7 +211,7 @@ def unpack_rows(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The samples of a GpuSamples body as GpuSample bodies plus their
     `time_us`: for tests and tools; the collector reads the columns as arrays."""
     check(body)
-    cols = {name: _unpacked(code, body[name]) for name, code in _PACKED}
+    cols = {name: unpacked(code, body[name]) for name, code in _PACKED}
     rows: list[dict[str, Any]] = []
     p = 0
     for i in range(body["count"]):

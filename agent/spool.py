@@ -48,6 +48,9 @@ _MAGIC = b"TT"
 _HEAD = struct.Struct("<2sII")
 _U16 = struct.Struct("<H")
 _MAX_PAYLOAD = 64 * 1024 * 1024
+# A lagging shipper reads the disk this much at a time, not a whole segment
+# per batch of records.
+_READ_CHUNK = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -93,15 +96,17 @@ def _frame(topic: str, key: bytes, value: bytes) -> tuple[bytes, bytes]:
     return _HEAD.pack(_MAGIC, len(prefix) + len(value), crc) + prefix, value
 
 
-def _unframe(payload: bytes) -> tuple[str, bytes, bytes]:
+def _unframe(payload: memoryview) -> tuple[str, bytes, bytes]:
+    """Topic, key and value of a frame's payload; the value is copied once,
+    out of the chunk it was read with."""
     (tlen,) = _U16.unpack_from(payload, 0)
-    topic = payload[2 : 2 + tlen].decode()
+    topic = bytes(payload[2 : 2 + tlen]).decode()
     (klen,) = _U16.unpack_from(payload, 2 + tlen)
     start = 4 + tlen
-    return topic, payload[start : start + klen], payload[start + klen :]
+    return topic, bytes(payload[start : start + klen]), bytes(payload[start + klen :])
 
 
-def _frames(data: bytes) -> Iterator[tuple[int, bytes]]:
+def _frames(data: memoryview) -> Iterator[tuple[int, memoryview]]:
     """(end offset, payload) of each intact frame from the start of `data`."""
     pos = 0
     while pos + _HEAD.size <= len(data):
@@ -114,6 +119,36 @@ def _frames(data: bytes) -> Iterator[tuple[int, bytes]]:
             return
         yield end, payload
         pos = end
+
+
+def _read_frames(fh: BinaryIO, offset: int, size: int) -> Iterator[tuple[int, memoryview]]:
+    """(end offset in the file, payload) of each intact frame between `offset`
+    and `size`, reading _READ_CHUNK bytes at a time (or one frame, when a
+    frame is larger), so that taking a few records costs a few reads however
+    large the segment. Stops at the first damaged frame."""
+    while offset < size:
+        fh.seek(offset)
+        data = memoryview(fh.read(min(size - offset, _READ_CHUNK)))
+        pos = 0
+        for end, payload in _frames(data):
+            pos = end
+            yield offset + end, payload
+        if pos == 0:  # no whole frame in the chunk: one larger than it, or damage
+            if len(data) < _HEAD.size:
+                return
+            magic, length, _crc = _HEAD.unpack_from(data, 0)
+            need = _HEAD.size + length
+            if magic != _MAGIC or length > _MAX_PAYLOAD or need <= len(data):
+                return
+            if offset + need > size:
+                return
+            fh.seek(offset)
+            whole = list(_frames(memoryview(fh.read(need))))
+            if not whole:
+                return
+            pos = need
+            yield offset + need, whole[0][1]
+        offset += pos
 
 
 class Spool:
@@ -166,7 +201,7 @@ class Spool:
             first = int(path.stem)
             data = path.read_bytes()
             good, count = 0, 0
-            for end, _payload in _frames(data):
+            for end, _payload in _frames(memoryview(data)):
                 good, count = end, count + 1
             if good < len(data):
                 self._torn += len(data) - good
@@ -339,20 +374,18 @@ class Spool:
         if hint is not None and hint[1] == path and hint[0] <= cursor:
             rid, offset = hint[0], hint[2]
         records: list[Record] = []
+        pos = offset
         try:
             with path.open("rb") as fh:
-                fh.seek(offset)
-                data = fh.read(size - offset)
+                for end, payload in _read_frames(fh, offset, size):
+                    if rid >= cursor and rid not in acked:
+                        records.append(Record(rid, *_unframe(payload)))
+                    rid, pos = rid + 1, end
+                    if len(records) >= max_records:
+                        break
         except FileNotFoundError:
             return [], cursor  # dropped or trimmed meanwhile; the next read moves on
-        pos = 0
-        for end, payload in _frames(data):
-            if rid >= cursor and rid not in acked:
-                records.append(Record(rid, *_unframe(payload)))
-            rid, pos = rid + 1, end
-            if len(records) >= max_records:
-                break
-        self._read_hint = (rid, path, offset + pos)
+        self._read_hint = (rid, path, pos)
         return records, rid
 
     def pending(self, batch: int = 1000) -> Iterator[Record]:

@@ -31,6 +31,10 @@ _INT32 = (-(2**31), 2**31)
 _INT64 = (-(2**63), 2**63)
 # Zigzag varints of -64..63: one byte each, the common case for counters,
 # utilizations, indexes and short strings' lengths.
+# Strings and bytes from this size on are joined at the end instead of
+# appended: copying a packed column into a growing buffer costs more than
+# the list entry.
+_INLINE_MAX = 2048
 _SMALL = bytes(((n << 1) ^ (n >> 63)) & 0xFF for n in range(-64, 64))
 
 
@@ -164,7 +168,10 @@ def _value(src: _Source, indent: int, schema: Any, v: str) -> None:
             src.emit(indent, f"{data} = {v} if {v}.__class__ is bytes else _blob({v})")
         src.emit(indent, f"{n} = len({data})")
         _length(src, indent, n)
-        src.emit(indent, f"out += {data}")
+        # A large value (a packed column) is not copied into `out`: the parts
+        # are joined once at the end, into a bytes object of the exact size.
+        src.emit(indent, f"if {n} < {_INLINE_MAX}: out += {data}")
+        src.emit(indent, f"else: parts += (out, {data}); out = bytearray()")
     elif kind == "record":
         _record(src, indent, schema, v)
     elif kind == "array":
@@ -230,11 +237,14 @@ def compile_writer(schema: Any) -> Writer | None:
     src = _Source()
     src.emit(0, "def write(r, head=b''):")
     src.emit(1, "out = bytearray(head)")
+    src.emit(1, "parts = []")
     try:
         _record(src, 1, schema, "r")
     except _Unsupported:
         return None
-    src.emit(1, "return bytes(out)")
+    src.emit(1, "if not parts: return bytes(out)")
+    src.emit(1, "parts.append(out)")
+    src.emit(1, "return b''.join(parts)")
     namespace: dict[str, Any] = {**_HELPERS, **src.consts}
     exec(compile("\n".join(src.lines), f"<avro writer {schema.get('name')}>", "exec"), namespace)  # noqa: S102
     writer: Writer = namespace["write"]

@@ -174,6 +174,72 @@ class TestUnreadInMemory:
         assert [r.value for r in records] == [e[2] for e in _entries(1000)]
 
 
+class TestDiskRead:
+    """A lagging reader takes records from disk a chunk at a time, not the
+    rest of a segment per batch."""
+
+    def test_frames_smaller_and_larger_than_the_chunk(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import agent.spool as spool_module
+
+        monkeypatch.setattr(spool_module, "_READ_CHUNK", 100)
+        sizes = [5, 300, 40, 40, 1000, 3, 99, 100, 101, 250]
+        values = [bytes([65 + i]) * n for i, n in enumerate(sizes)]
+        spool = Spool(tmp_path, memory_bytes=0)
+        spool.open()
+        spool.append([("t", b"k%d" % i, v) for i, v in enumerate(values)])
+        for batch in (1, 2, 3, 100):
+            cursor, got = 0, []
+            while cursor < len(values):
+                records, cursor = spool.read(cursor, batch)
+                got += records
+            assert [r.value for r in got] == values, batch
+            assert [r.key for r in got] == [b"k%d" % i for i in range(len(values))]
+
+    def test_reads_are_bounded(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Ten records from a segment of thousands read a chunk, not the file."""
+        import agent.spool as spool_module
+
+        monkeypatch.setattr(spool_module, "_READ_CHUNK", 4096)
+        spool = Spool(tmp_path, memory_bytes=0)
+        spool.open()
+        spool.append(_entries(5000))
+        sizes: list[int] = []
+        real_open = Path.open
+
+        def spy(self: Path, *a: object, **kw: object):  # type: ignore[no-untyped-def]
+            fh = real_open(self, *a, **kw)  # type: ignore[arg-type]
+            read = fh.read
+            fh.read = lambda n=-1: (sizes.append(n), read(n))[1]  # type: ignore[method-assign]
+            return fh
+
+        monkeypatch.setattr(Path, "open", spy)
+        records, _ = spool.read(100, 10)
+        assert [r.value for r in records] == [e[2] for e in _entries(10, 100)]
+        assert sizes and all(0 < n <= 4096 for n in sizes), sizes
+
+    def test_damaged_frame_after_open_stops_the_read(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A byte flipped on disk after open: the records before it are read,
+        it and what follows are never returned misread."""
+        import agent.spool as spool_module
+
+        monkeypatch.setattr(spool_module, "_READ_CHUNK", 64)
+        spool = Spool(tmp_path, memory_bytes=0)
+        spool.open()
+        spool.append(_entries(20))
+        (segment,) = sorted(tmp_path.glob("*.seg"))
+        data = bytearray(segment.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        segment.write_bytes(bytes(data))
+        records, cursor = spool.read(0, 100)
+        assert 0 < len(records) < 20
+        assert [r.value for r in records] == [e[2] for e in _entries(len(records))]
+        assert spool.read(cursor, 100) == ([], cursor)
+
+
 _WRITER = """
 import sys
 from pathlib import Path

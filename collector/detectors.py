@@ -144,6 +144,12 @@ class SeriesDetector:
         self._block: list[float] = []
         self._best_block: float = math.inf
         self._rising = 0
+        # The per-point path reads these instead of the configs (hot: every
+        # point of every watched series).
+        # At least one value: with `warmup` 0 the first point has no baseline.
+        self._judged_from = max(1, min(self.spike.window, self.spike.warmup))
+        self._quantiles: tuple[int, int, int, int, int] = (-1, 0, 0, 0, 0)
+        self._block_size = max(1, divergence.window // 4) if divergence else 0
 
     def reopen(self, detector: str) -> None:
         """Continue an episode raised before a restart (its resolve still comes)."""
@@ -161,24 +167,38 @@ class SeriesDetector:
         if "nonfinite" in self._open:
             self._open.discard("nonfinite")
             out.append(nonfinite_finding(self.metric, "resolved", step, value, asdict(self.spike)))
-        out += self._spike(step, value)
+        self._spike(step, value, out)
         if self.divergence is not None:
-            out += self._diverge(step, value, self.divergence)
+            self._block.append(value)
+            if len(self._block) >= self._block_size:
+                out += self._diverge(step, value, self.divergence)
         return out
 
-    def _spike(self, step: int, value: float) -> list[Finding]:
+    def _positions(self, n: int) -> tuple[int, int, int, int, int]:
+        """Where the median, quartiles and tail quantile sit in a sorted window
+        of `n` values (as `_quantile` finds them), cached per window size."""
+        cached = self._quantiles
+        if cached[0] != n:
+            last = n - 1
+            at = [min(last, int(q * last + 0.5)) for q in (0.5, 0.25, 0.75, self.spike.tail_q)]
+            cached = self._quantiles = (n, at[0], at[1], at[2], at[3])
+        return cached
+
+    def _spike(self, step: int, value: float, out: list[Finding]) -> None:
+        """Judge `value`, appending any finding to `out`."""
         cfg = self.spike
-        out: list[Finding] = []
         self._seen += 1
-        if self._seen > cfg.warmup and len(self._recent) >= min(cfg.window, cfg.warmup):
-            ordered = self._sorted
-            median = _quantile(ordered, 0.5)
-            spread = (_quantile(ordered, 0.75) - _quantile(ordered, 0.25)) / _IQR_SCALE
-            threshold = max(
-                median + cfg.z * spread,
-                median + cfg.min_rel * abs(median),
-                median + cfg.min_abs,
-                median + cfg.tail_factor * (_quantile(ordered, cfg.tail_q) - median),
+        ordered = self._sorted
+        if self._seen > cfg.warmup and len(ordered) >= self._judged_from:
+            _, i50, i25, i75, itail = self._positions(len(ordered))
+            median = ordered[i50]
+            # median + the largest margin: the same float as the largest of the
+            # sums, since rounding is monotonic.
+            threshold = median + max(
+                cfg.z * ((ordered[i75] - ordered[i25]) / _IQR_SCALE),
+                cfg.min_rel * abs(median),
+                cfg.min_abs,
+                cfg.tail_factor * (ordered[itail] - median),
             )
             if value > threshold:
                 if "spike" not in self._open:
@@ -194,8 +214,8 @@ class SeriesDetector:
                             f"(recent median {median:.4g}, threshold {threshold:.4g})",
                         )
                     )
-                return out  # a spike does not enter the baseline
-            if "spike" in self._open:
+                return  # a spike does not enter the baseline
+            if self._open and "spike" in self._open:
                 self._open.discard("spike")
                 out.append(
                     self._finding(
@@ -208,16 +228,12 @@ class SeriesDetector:
                     )
                 )
         self._recent.append(value)
-        bisect.insort(self._sorted, value)
-        if len(self._recent) > cfg.window:
-            old = self._recent.popleft()
-            del self._sorted[bisect.bisect_left(self._sorted, old)]
-        return out
+        bisect.insort(ordered, value)
+        if len(ordered) > cfg.window:
+            del ordered[bisect.bisect_left(ordered, self._recent.popleft())]
 
     def _diverge(self, step: int, value: float, cfg: DivergenceConfig) -> list[Finding]:
-        self._block.append(value)
-        if len(self._block) < max(1, cfg.window // 4):
-            return []
+        """Judge the block just completed (`_block`, `_block_size` values)."""
         ordered = sorted(self._block)
         block = statistics.median(ordered)
         spread = (_quantile(ordered, 0.75) - _quantile(ordered, 0.25)) / _IQR_SCALE

@@ -29,6 +29,15 @@ def redact_dsn(dsn: str) -> str:
     return redact_url(dsn)
 
 
+# optimize_on_insert=0: a ReplacingMergeTree insert would otherwise collapse
+# rows of equal key within the block as a merge would, a pass over every
+# block (a fifth of a metrics insert here) for what only a redelivered message
+# inside one batch could produce. Queries read with FINAL, which collapses
+# copies wherever they are (same block, other parts, other collectors); that
+# is the exactly-once mechanism (collector/pipeline.py), not this.
+_INSERT_SETTINGS = {"optimize_on_insert": 0}
+
+
 @dataclass
 class Store:
     """A clickhouse-connect client behind a lock.
@@ -66,7 +75,7 @@ class Store:
     def insert_arrow(self, table: str, data: Any) -> None:
         with self._lock:
             try:
-                self.client.insert_arrow(table, data)
+                self.client.insert_arrow(table, data, settings=_INSERT_SETTINGS)
             except Exception as exc:
                 raise StoreError(f"insert into {table}: {_first_line(exc)}") from exc
 

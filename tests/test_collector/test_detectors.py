@@ -8,6 +8,7 @@ import random
 from collector.detectors import (
     DivergenceConfig,
     SeriesDetector,
+    SpikeConfig,
     StallConfig,
     StallDetector,
     spike_config_for,
@@ -36,6 +37,15 @@ def test_an_injected_spike_is_one_episode() -> None:
     for i in range(700, 705):  # a bad stretch: 5 steps at 10x (3x the window's p99 and more)
         values[i] *= 10
     assert _run(values) == [("spike", "firing", 700), ("spike", "resolved", 705)]
+
+
+def test_no_warmup_judges_from_the_second_point() -> None:
+    """`[alerts] spike_warmup = 0` is a valid setting: the first point has no
+    baseline to be judged against (it used to index an empty window)."""
+    assert _run([1.0, 1.0, 1.0, 50.0, 1.0], spike=SpikeConfig(warmup=0, min_rel=0.5)) == [
+        ("spike", "firing", 3),
+        ("spike", "resolved", 4),
+    ]
 
 
 def test_nan_and_inf_fire_once_per_episode() -> None:

@@ -19,11 +19,16 @@ faults injected at known steps; the labels are those steps:
   jumps and stays up, climbs, or overflows to Inf/NaN: a spike episode that
   stays open, a divergence or a nonfinite alert within AFTER steps finds it).
 
-Each step logs the loss and the norm of the whole gradient (what HF Trainer
-logs by default), and both go through the collector's Watcher with the default rules
-(`collector.preview.preview_points`). A spike injection counts as found when
-a spike alert (on either metric) fires within 10 steps after it, a NaN injection when a
-nonfinite alert fires at its step. Any alert on a clean run is false; so is
+Each step logs the loss, the norm of the whole gradient and the learning rate
+(what HF Trainer logs by default), and all go through the collector's Watcher with the
+default rules (`collector.preview.preview_points`). Runs follow one of three
+schedules, as real ones do: constant, linear warm-up from 0 over 200 steps then
+cosine decay to a tenth, or step decay (x0.3 at 40 % and 75 % of the run); a
+learning-rate fault multiplies the scheduled rate. A spike injection counts as
+found when a spike or lr_jump alert (on any metric) fires within 10 steps after it,
+a NaN injection when a nonfinite alert fires at its step. The table also counts
+what the loss alone found, and what loss and gradient norm found without the
+learning rate. Any alert on a clean run is false; so is
 an alert on an injected run that no injection explains, except a divergence
 alert within 600 steps after a fault: a bad batch or a large learning-rate
 step can leave the model worse for hundreds of steps, a real sustained rise
@@ -56,6 +61,9 @@ KINDS = ("lr_jump", "bad_batch", "nan_batch", "nan_poison", "lr_diverge")
 TERMINAL = ("nan_poison", "lr_diverge")  # only as a run's last fault
 DETECTOR_OF = {"lr_jump": "spike", "bad_batch": "spike", "nan_batch": "nonfinite",
                "nan_poison": "nonfinite", "lr_diverge": "divergence"}  # fmt: skip
+FOUND_BY = {"spike": ("spike", "lr_jump"), "nonfinite": ("nonfinite",),
+            "divergence": ("divergence", "nonfinite", "spike", "lr_jump")}  # fmt: skip
+SCHEDULES = ("constant", "warmup_cosine", "step")
 
 
 @dataclass
@@ -87,10 +95,23 @@ class Curve:
     task: str
     loss: np.ndarray
     grad_norm: np.ndarray  # of the step's whole gradient, as HF Trainer logs it by default
+    lr: np.ndarray  # the rate each step's update used (HF Trainer logs it too)
     faults: dict[int, str] = field(default_factory=dict)  # step -> kind
 
 
-def train(task: Task, steps: int, faults: dict[int, str], seed: int) -> Curve:
+def schedule(kind: str, base: float, steps: int) -> np.ndarray:
+    """The learning rate of every step under one of SCHEDULES."""
+    i = np.arange(steps, dtype=float)
+    if kind == "warmup_cosine":
+        warm = 200
+        decay = 0.55 + 0.45 * np.cos(np.pi * np.maximum(0, i - warm) / (steps - warm))
+        return base * np.minimum(1.0, i / warm) * decay
+    if kind == "step":
+        return base * 0.3 ** ((i >= 0.4 * steps).astype(float) + (i >= 0.75 * steps))
+    return np.full(steps, base)
+
+
+def train(task: Task, steps: int, faults: dict[int, str], seed: int, sched: str) -> Curve:
     """Mini-batch SGD; one hidden layer for classification, linear for regression."""
     rng = np.random.default_rng(seed)
     n_in = task.x.shape[1]
@@ -100,6 +121,7 @@ def train(task: Task, steps: int, faults: dict[int, str], seed: int) -> Curve:
     w2 = rng.normal(0, 0.1, (hidden or n_in, out))
     loss = np.empty(steps)
     grad_norm = np.empty(steps)
+    lrs = schedule(sched, task.lr, steps)
     jump_until, jump = -1, 1.0
     for step in range(steps):
         idx = rng.integers(0, len(task.x), task.batch)
@@ -114,7 +136,7 @@ def train(task: Task, steps: int, faults: dict[int, str], seed: int) -> Curve:
             yb = rng.permutation(yb) if task.classes else -yb * 4
         elif kind in ("nan_batch", "nan_poison"):
             xb[0, int(rng.integers(0, n_in))] = np.nan
-        lr = task.lr * (jump if step < jump_until else 1.0)
+        lr = lrs[step] = lrs[step] * (jump if step < jump_until else 1.0)
         h = np.maximum(xb @ w1, 0.0) if w1 is not None else xb
         z = h @ w2
         if task.classes:
@@ -138,7 +160,7 @@ def train(task: Task, steps: int, faults: dict[int, str], seed: int) -> Curve:
         if w1 is not None:
             w1 -= lr * g1
         w2 -= lr * g2
-    return Curve(task.name, loss, grad_norm, faults)
+    return Curve(task.name, loss, grad_norm, lrs, faults)
 
 
 def inject(rng: np.random.Generator, steps: int, count: int) -> dict[int, str]:
@@ -160,20 +182,23 @@ def score(curve: Curve, alerts: list[dict[str, object]], tally: dict[str, Counte
              if a["state"] == "firing" and a["step"] is not None]  # fmt: skip
     on_loss = [str(a["metric"]) == "loss" for a in alerts
                if a["state"] == "firing" and a["step"] is not None]  # fmt: skip
+    not_lr = [str(a["metric"]) != "learning_rate" for a in alerts
+              if a["state"] == "firing" and a["step"] is not None]  # fmt: skip
     explained: set[int] = set()
     poisoned = min((s for s, k in curve.faults.items() if k in TERMINAL), default=None)
     for step, kind in curve.faults.items():
         detector = DETECTOR_OF[kind]
+        found_by = FOUND_BY[detector]
         if detector == "divergence":
-            found_by = ("divergence", "nonfinite", "spike")
             hit = [i for i, (d, s) in enumerate(fired)
                    if d in found_by and step <= s <= step + AFTER]  # fmt: skip
         else:
             lo, hi = (step, step) if detector == "nonfinite" else (step, step + SPIKE_WINDOW)
-            hit = [i for i, (d, s) in enumerate(fired) if d == detector and lo <= s <= hi]
+            hit = [i for i, (d, s) in enumerate(fired) if d in found_by and lo <= s <= hi]
         tally[kind]["injected"] += 1
         tally[kind]["found"] += bool(hit)
         tally[kind]["by_loss"] += any(on_loss[i] for i in hit)
+        tally[kind]["no_lr"] += any(not_lr[i] for i in hit)
         if detector == "spike":  # by effect: the peak over the run's recent maximum
             before = curve.loss[max(0, step - 256) : step]
             effect = np.nanmax(curve.loss[step : step + SPIKE_WINDOW + 1]) / before.max()
@@ -181,6 +206,7 @@ def score(curve: Curve, alerts: list[dict[str, object]], tally: dict[str, Counte
             tally[f"effect {size}"]["injected"] += 1
             tally[f"effect {size}"]["found"] += bool(hit)
             tally[f"effect {size}"]["by_loss"] += any(on_loss[i] for i in hit)
+            tally[f"effect {size}"]["no_lr"] += any(not_lr[i] for i in hit)
         explained.update(hit)
     for i, (detector, step) in enumerate(fired):
         if i in explained or (poisoned is not None and step >= poisoned):
@@ -203,7 +229,8 @@ def run_all(clean: int, faulty: int, steps: int) -> tuple[dict[str, Counter[str]
     for i in range(clean + faulty):
         task = all_tasks[i % len(all_tasks)]
         faults = inject(rng, steps, int(rng.integers(2, 7))) if i >= clean else {}
-        curve = train(task, steps, faults, seed=1000 + i)
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging run overflows: the fault
+            curve = train(task, steps, faults, 1000 + i, SCHEDULES[(i // len(all_tasks)) % 3])
         t0 = time.perf_counter()
         alerts = _preview(rules, f"{task.name}-{i}", curve)
         watch_s += time.perf_counter() - t0
@@ -222,17 +249,18 @@ def run_all(clean: int, faulty: int, steps: int) -> tuple[dict[str, Counter[str]
 def _recall_row(label: str, c: Counter[str], target: str) -> None:
     recall = c["found"] / c["injected"] if c["injected"] else float("nan")
     by_loss = c["by_loss"] / c["injected"] if c["injected"] else float("nan")
-    print(f"{label:<20} {c['injected']:>9} {c['found']:>6} {recall:>7.3f} {by_loss:>13.3f}  "
-          f"{target}")  # fmt: skip
+    no_lr = c["no_lr"] / c["injected"] if c["injected"] else float("nan")
+    print(f"{label:<20} {c['injected']:>9} {c['found']:>6} {recall:>7.3f} {by_loss:>11.3f} "
+          f"{no_lr:>11.3f}  {target}")  # fmt: skip
 
 
 def _preview(rules: AlertRules, run_id: str, curve: Curve) -> list[dict[str, object]]:
-    """Both metrics a step, in the order a training loop logs them."""
+    """The three metrics a step, in the order a training loop logs them."""
     n = len(curve.loss)
-    steps = np.repeat(np.arange(n), 2)
-    values = np.empty(2 * n)
-    values[0::2], values[1::2] = curve.loss, curve.grad_norm
-    names = ["loss", "grad_norm"] * n
+    steps = np.repeat(np.arange(n), 3)
+    values = np.empty(3 * n)
+    values[0::3], values[1::3], values[2::3] = curve.loss, curve.grad_norm, curve.lr
+    names = ["loss", "grad_norm", "learning_rate"] * n
     return preview_points(rules, run_id, names, steps, steps * 1_000_000, values)
 
 
@@ -241,18 +269,18 @@ def main() -> None:
     faulty = int(sys.argv[2]) if len(sys.argv) > 2 else 60
     steps = int(sys.argv[3]) if len(sys.argv) > 3 else 5000
     tally, clean_steps, clean_false, watch_s = run_all(clean, faulty, steps)
-    total = (clean + faulty) * steps * 2  # loss and grad_norm each step
+    total = (clean + faulty) * steps * 3  # loss, grad_norm and learning_rate each step
     print(f"\n{clean} clean + {faulty} faulty runs x {steps} steps "
           f"({', '.join(t.name for t in tasks())}); default rules")  # fmt: skip
     print(f"\n{'injected fault':<20} {'injected':>9} {'found':>6} {'recall':>7} "
-          f"{'loss alone':>13}  target")  # fmt: skip
+          f"{'loss alone':>11} {'without lr':>11}  target")  # fmt: skip
     for kind in KINDS:
         _recall_row(kind, tally[kind], ">= 0.95")
     print("spike faults by effect (peak in the 10 steps after / max of the 256 before):")
     for label, _ in EFFECTS:
         _recall_row(f"  {label}", tally[f"effect {label}"], "")
     print(f"\n{'detector':<14} {'fired':>9} {'false':>6} {'precision':>9} {'after a fault':>14}")
-    for detector in ("spike", "nonfinite", "divergence", "stall"):
+    for detector in ("spike", "lr_jump", "nonfinite", "divergence", "stall"):
         c = tally[detector]
         precision = 1 - c["false"] / c["fired"] if c["fired"] else float("nan")
         print(f"{detector:<14} {c['fired']:>9} {c['false']:>6} {precision:>9.3f} "

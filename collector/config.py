@@ -87,6 +87,16 @@ class CollectorConfig:
     alerts_grad_z: float = setting(10.0, "Spike z for gradient-norm metrics (heavier tails).")
     alerts_grad_min_rel: float = setting(2.0, "Spike relative jump for gradient-norm metrics.")
     alerts_grad_tail_factor: float = setting(6.0, "Spike tail factor for gradient-norm metrics.")
+    alerts_lr_metrics: str = setting(
+        "*learning_rate*,*learning-rate*,lr,lr-*,lr_*,*/lr,*/lr-*,*_lr",
+        "Metric name globs (comma-separated) of learning rates (HF Trainer's learning_rate, "
+        "Lightning's lr-<optimizer>), watched for a jump; empty: none.",
+    )
+    alerts_lr_jump_factor: float = setting(
+        3.0,
+        "A learning rate above this many times the highest of its last spike_window values "
+        "is a jump (scheduler bug, resume with the wrong state).",
+    )
     alerts_divergence: bool = setting(True, "Raise an alert on a sustained rise of a loss.")
     alerts_divergence_window: int = setting(
         200, "Points per divergence judgement (medians of quarter-window blocks)."

@@ -34,6 +34,8 @@ __all__ = [
     "GRAD_SPIKE",
     "DivergenceConfig",
     "Finding",
+    "LrJumpConfig",
+    "LrJumpDetector",
     "SeriesDetector",
     "SpikeConfig",
     "StallConfig",
@@ -98,8 +100,21 @@ class DivergenceConfig:
 
 
 @dataclass(frozen=True)
+class LrJumpConfig:
+    """A learning rate jumps when a value exceeds `factor` times the largest of
+    the `window` values before it. Schedules warm up, decay, step down and
+    cycle gradually; several times up in one step is a scheduler bug, a resume
+    with the wrong optimizer or scheduler state, or a manual change, each worth
+    a record. (A warm-restart schedule jumps by design every cycle: leave its
+    learning rate out of `[alerts] lr_metrics` there.)"""
+
+    window: int = 256
+    factor: float = 3.0
+
+
+@dataclass(frozen=True)
 class Finding:
-    detector: str  # "spike", "nonfinite", "divergence"
+    detector: str  # "spike", "nonfinite", "divergence", "lr_jump"
     state: str  # "firing" or "resolved"
     step: int
     value: float
@@ -118,6 +133,21 @@ def nonfinite_finding(
         else f"{metric} finite again at step {step}"
     )
     return Finding("nonfinite", state, step, value, math.nan, message, params or {})
+
+
+def _nonfinite_edge(
+    open_: set[str], metric: str, step: int, value: float, params: dict[str, Any]
+) -> Finding | None:
+    """The start or end of a NaN/Inf episode at this point, tracked in `open_`."""
+    if not math.isfinite(value):
+        if "nonfinite" in open_:
+            return None
+        open_.add("nonfinite")
+        return nonfinite_finding(metric, "firing", step, value, params)
+    if "nonfinite" not in open_:
+        return None
+    open_.discard("nonfinite")
+    return nonfinite_finding(metric, "resolved", step, value, params)
 
 
 def _quantile(ordered: list[float], q: float) -> float:
@@ -157,16 +187,12 @@ class SeriesDetector:
 
     def update(self, step: int, value: float) -> list[Finding]:
         out: list[Finding] = []
-        if not math.isfinite(value):
-            if "nonfinite" not in self._open:
-                self._open.add("nonfinite")
-                out.append(
-                    nonfinite_finding(self.metric, "firing", step, value, asdict(self.spike))
-                )
-            return out
-        if "nonfinite" in self._open:
-            self._open.discard("nonfinite")
-            out.append(nonfinite_finding(self.metric, "resolved", step, value, asdict(self.spike)))
+        if self._open or not math.isfinite(value):
+            edge = _nonfinite_edge(self._open, self.metric, step, value, asdict(self.spike))
+            if edge is not None:
+                out.append(edge)
+            if not math.isfinite(value):
+                return out
         self._spike(step, value, out)
         if self.divergence is not None:
             self._block.append(value)
@@ -280,6 +306,47 @@ class SeriesDetector:
         config = self.divergence if detector == "divergence" else self.spike
         params = asdict(config) if config is not None else {}
         return Finding(detector, state, step, value, baseline, message, params)
+
+
+class LrJumpDetector:
+    """One learning-rate series (LrJumpConfig); `update` returns what changed.
+    A jumped value stays out of the baseline, so a jump that lasts stays one
+    open episode, resolved when the rate is back within `factor` of it."""
+
+    def __init__(self, metric: str, config: LrJumpConfig | None = None) -> None:
+        self.metric = metric
+        self.config = config or LrJumpConfig()
+        self._recent: deque[float] = deque(maxlen=max(1, self.config.window))
+        self._open: set[str] = set()
+
+    def reopen(self, detector: str) -> None:
+        self._open.add(detector)
+
+    def update(self, step: int, value: float) -> list[Finding]:
+        out: list[Finding] = []
+        params = asdict(self.config)
+        edge = _nonfinite_edge(self._open, self.metric, step, value, params)
+        if edge is not None:
+            out.append(edge)
+        if not math.isfinite(value):
+            return out
+        top = max(self._recent, default=0.0)
+        if top > 0 and value > self.config.factor * top:
+            if "lr_jump" not in self._open:
+                self._open.add("lr_jump")
+                message = (
+                    f"{self.metric} jumped to {value:.4g} at step {step}, "
+                    f"{value / top:.3g}x the highest of its last {len(self._recent)} values "
+                    f"({top:.4g})"
+                )
+                out.append(Finding("lr_jump", "firing", step, value, top, message, params))
+            return out
+        if "lr_jump" in self._open:
+            self._open.discard("lr_jump")
+            message = f"{self.metric} back to {value:.4g} at step {step}"
+            out.append(Finding("lr_jump", "resolved", step, value, top, message, params))
+        self._recent.append(value)
+        return out
 
 
 class StallDetector:

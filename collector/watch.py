@@ -36,6 +36,8 @@ from collector.detectors import (
     GRAD_SPIKE,
     DivergenceConfig,
     Finding,
+    LrJumpConfig,
+    LrJumpDetector,
     SeriesDetector,
     SpikeConfig,
     StallConfig,
@@ -58,8 +60,9 @@ _SEVERITY = {
     "divergence": "critical",
     "spike": "warning",
     "stall": "warning",
+    "lr_jump": "warning",
 }
-_SERIES_DETECTORS = frozenset({"spike", "nonfinite", "divergence"})
+_SERIES_DETECTORS = frozenset({"spike", "nonfinite", "divergence", "lr_jump"})
 _MAX_SERIES = 100_000  # (run, metric) detectors kept; the least recently fed go first
 _HARDWARE = frozenset({"GpuSample", "GpuSamples", "GpuEvent", "HostSample"})
 
@@ -73,9 +76,17 @@ class AlertRules:
     stall: StallConfig = field(default_factory=StallConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     cooldown_s: float = 300.0
+    lr_metrics: tuple[str, ...] = (
+        "*learning_rate*", "*learning-rate*", "lr", "lr-*", "lr_*", "*/lr", "*/lr-*", "*_lr",
+    )  # fmt: skip
+    lr_jump: LrJumpConfig = field(default_factory=LrJumpConfig)
 
     def watched(self, metric: str) -> bool:
         return any(fnmatch.fnmatchcase(metric, p) for p in self.metrics)
+
+    def learning_rate(self, metric: str) -> bool:
+        """A learning rate, watched for jumps (`metrics` takes precedence)."""
+        return any(fnmatch.fnmatchcase(metric, p) for p in self.lr_metrics)
 
     def spike_for(self, metric: str) -> SpikeConfig:
         return spike_config_for(metric, self.spike, self.grad_spike)
@@ -92,7 +103,7 @@ def rules_from_config(config: Any) -> AlertRules:
         tail_factor=config.alerts_spike_tail_factor,
     )
     return AlertRules(
-        metrics=tuple(p.strip() for p in config.alerts_metrics.split(",") if p.strip()),
+        metrics=_globs(config.alerts_metrics),
         spike=spike,
         grad_spike=replace(  # the same window and warm-up; no absolute floor
             spike,
@@ -113,7 +124,15 @@ def rules_from_config(config: Any) -> AlertRules:
             silent_s=config.alerts_node_silent_s,
         ),
         cooldown_s=config.alerts_cooldown_s,
+        lr_metrics=_globs(config.alerts_lr_metrics),
+        lr_jump=LrJumpConfig(
+            window=config.alerts_spike_window, factor=config.alerts_lr_jump_factor
+        ),
     )
+
+
+def _globs(setting: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in setting.split(",") if p.strip())
 
 
 def alert_event(
@@ -156,7 +175,8 @@ def alert_event(
 
 @dataclass
 class _Series:
-    detector: SeriesDetector | None  # None: an unwatched metric, NaN/Inf check only
+    # None: an unwatched metric, NaN/Inf check only
+    detector: SeriesDetector | LrJumpDetector | None
     nonfinite_open: bool = False  # an unwatched metric's NaN/Inf episode (else the detector's)
     quiet_until: dict[str, int] = field(default_factory=dict)  # detector -> time_us
     muted: set[str] = field(default_factory=set)  # detectors whose episode is muted
@@ -373,10 +393,12 @@ class Watcher:
         key = (run_id, metric)
         series = self._series.get(key)
         if series is None:
-            detector = None
+            detector: SeriesDetector | LrJumpDetector | None = None
             if self.rules.watched(metric):
                 divergence = None if is_grad_norm(metric) else self.rules.divergence
                 detector = SeriesDetector(metric, self.rules.spike_for(metric), divergence)
+            elif self.rules.learning_rate(metric):
+                detector = LrJumpDetector(metric, self.rules.lr_jump)
             series = self._series[key] = _Series(detector)
             if len(self._series) > _MAX_SERIES:
                 self._series.popitem(last=False)

@@ -7,6 +7,8 @@ import random
 
 from collector.detectors import (
     DivergenceConfig,
+    LrJumpConfig,
+    LrJumpDetector,
     SeriesDetector,
     SpikeConfig,
     StallConfig,
@@ -88,3 +90,41 @@ def test_stall_fires_once_after_the_runs_own_cadence_and_resolves() -> None:
     back = stall.observe(100, last + 61)
     assert [(f.detector, f.state) for f in back] == [("stall", "resolved")]
     assert stall.observe(100, last + 62) == []  # a repeated step is not progress
+
+
+def _schedules(n: int) -> dict[str, list[float]]:
+    """Learning-rate schedules as trainers run them: none of them is a jump."""
+    warm = 200
+    cosine = [
+        3e-4 * min(1.0, i / warm) * (0.55 + 0.45 * math.cos(math.pi * max(0, i - warm) / n))
+        for i in range(n)
+    ]  # linear warm-up from 0 (HF's default), then cosine decay
+    steps = [0.1 * 0.3 ** (i // 1500) for i in range(n)]  # step decay
+    cycle = [1e-3 + 9e-3 * abs((i % 400) / 200 - 1) for i in range(n)]  # triangular cyclic
+    one_cycle = [4e-3 * math.sin(math.pi * i / n) + 1e-5 for i in range(n)]
+    return {"warmup+cosine": cosine, "step": steps, "cyclic": cycle, "one-cycle": one_cycle}
+
+
+def _lr(values: list[float], **kw: object) -> list[tuple[str, str, int]]:
+    det = LrJumpDetector("learning_rate", LrJumpConfig(**kw))  # type: ignore[arg-type]
+    return [(f.detector, f.state, f.step) for i, v in enumerate(values) for f in det.update(i, v)]
+
+
+def test_learning_rate_schedules_are_not_jumps() -> None:
+    for name, values in _schedules(5000).items():
+        assert _lr(values) == [], name
+
+
+def test_a_learning_rate_jump_fires_once_and_resolves() -> None:
+    for name, values in _schedules(5000).items():
+        values = list(values)
+        for i in range(2500, 2502):  # x40 for two steps
+            values[i] *= 40
+        assert _lr(values) == [("lr_jump", "firing", 2500), ("lr_jump", "resolved", 2502)], name
+
+
+def test_a_lasting_jump_is_one_open_episode() -> None:
+    values = [1e-3] * 1000 + [3e-2] * 1000
+    assert _lr(values) == [("lr_jump", "firing", 1000)]
+    nan = [1e-3] * 10 + [math.nan, 1e-3]
+    assert _lr(nan) == [("nonfinite", "firing", 10), ("nonfinite", "resolved", 11)]

@@ -57,6 +57,28 @@ def test_a_spike_is_one_alert_and_one_resolve_with_stable_identity() -> None:
     encode(default_registry(), "Alert", alert)  # a valid Alert record
 
 
+def test_a_learning_rate_jump_is_an_alert_on_the_learning_rate() -> None:
+    """HF Trainer logs `learning_rate`, Lightning `lr-<optimizer>`: both are
+    watched for a jump, by default, next to the loss."""
+    loss = _curve(1000)
+    lr = np.full(1000, 1e-3)
+    lr[600] = 5e-2  # x50 for one step: a scheduler bug
+    messages = [
+        decode(default_registry(), m)
+        for m in curve_messages("r1", {"loss": loss, "learning_rate": lr, "lr-Adam": lr})
+    ]
+    alerts = _feed(Watcher(), messages)
+    assert sorted(_what(alerts)) == [
+        ("lr_jump", "firing", "learning_rate", 600),
+        ("lr_jump", "firing", "lr-Adam", 600),
+        ("lr_jump", "resolved", "learning_rate", 601),
+        ("lr_jump", "resolved", "lr-Adam", 601),
+    ]
+    assert alerts[0]["severity"] == "warning" and "50x the highest" in alerts[0]["message"]
+    quiet = AlertRules(lr_metrics=())
+    assert _feed(Watcher(quiet), messages) == []
+
+
 def test_nan_in_any_metric_even_unwatched() -> None:
     loss = _curve(600)
     acc = np.linspace(0, 1, 600)

@@ -25,7 +25,7 @@ log = logging.getLogger("traintrail")
 # Friendly names for stop_on; any detector name is accepted as well.
 STOP_NAMES = {"nan": "nonfinite", "inf": "nonfinite", "nonfinite": "nonfinite"}
 _DETECTORS = frozenset(
-    {"nonfinite", "spike", "divergence", "stall", "xid", "ecc_double_bit",
+    {"nonfinite", "spike", "divergence", "lr_jump", "stall", "xid", "ecc_double_bit",
      "ecc_uncorrectable", "throttle", "gpu_idle"}
 )  # fmt: skip
 

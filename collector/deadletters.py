@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from confluent_kafka import Message, Producer
 
-from collector.router import InvalidEventError
+from collector.router import Batch, InvalidEventError, route
 from collector.validate import Limits, validate
 from schemas import Registry, SchemaError, decode
 
@@ -91,14 +91,16 @@ def replay(
     limits: Limits | None = None,
 ) -> Replay:
     """Decode each dead letter again (raw bytes base64 in `raw_b64`); send those
-    that now decode and validate to their source topic with their key.
+    that now decode, validate and route to their source topic with their key.
     `producer=None` is a dry run."""
     result = Replay()
     for row in rows:
         result.examined += 1
         raw = base64.b64decode(row["raw_b64"])
         try:
-            validate(decode(registry, raw), limits or Limits())
+            decoded = decode(registry, raw)
+            validate(decoded, limits or Limits())
+            route(Batch(), decoded)  # the router's own checks: stored, not refused again
         except (SchemaError, InvalidEventError) as exc:
             kind = type(exc).__name__
             result.still_bad[kind] = result.still_bad.get(kind, 0) + 1

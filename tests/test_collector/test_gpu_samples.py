@@ -195,8 +195,11 @@ def test_a_bad_message_is_refused_whole(case: str, ch_store: Store) -> None:
 
 
 def _invalid(rec: dict[str, Any]) -> str:
+    """Why the pipeline refuses `rec`: validation, then the router's column checks."""
+    decoded = _decoded("GpuSamples", rec)
     with pytest.raises(InvalidEventError) as caught:
-        validate(_decoded("GpuSamples", rec), Limits())
+        validate(decoded, Limits())
+        route(Batch(), decoded)
     return str(caught.value)
 
 

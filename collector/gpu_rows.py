@@ -277,6 +277,9 @@ def to_arrow(parts: list[GpuPart]) -> pa.Table:
     event_id, node, stream, seq, prev_hash, schema_fp = zip(*map(_IDENTITY, parts), strict=True)
     columns["event_time"] = pa.array(_joined(parts, "time_us", "<i8"), pa.int64()).view(_TS)
     columns["seq"] = pa.array(np.repeat(np.array(seq, dtype=np.uint64), rows), pa.uint64())
+    # A message's identity on each of its rows: one string per message, repeated
+    # by Arrow (take), not a Python object per row.
+    part_of_row = pa.array(np.repeat(np.arange(len(parts), dtype=np.int64), rows))
     for name, values in (
         ("event_id", event_id),
         ("node", node),
@@ -284,5 +287,5 @@ def to_arrow(parts: list[GpuPart]) -> pa.Table:
         ("prev_hash", prev_hash),
         ("schema_fp", schema_fp),
     ):
-        columns[name] = pa.array(np.repeat(np.array(values, dtype=object), rows), pa.string())
+        columns[name] = _strings(values).take(part_of_row)
     return pa.table(columns, schema=_SCHEMA)

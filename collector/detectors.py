@@ -136,20 +136,21 @@ def nonfinite_finding(
 
 
 def _nonfinite_edge(
-    open_: set[str], metric: str, step: int, value: float, config: Any
-) -> Finding | None:
-    """The start or end of a NaN/Inf episode at this point, tracked in `open_`
-    (`config`, a detector's dataclass, becomes the finding's params: only then,
-    as asdict costs tens of µs)."""
-    if not math.isfinite(value):
-        if "nonfinite" in open_:
-            return None
-        open_.add("nonfinite")
-        return nonfinite_finding(metric, "firing", step, value, asdict(config))
-    if "nonfinite" not in open_:
-        return None
-    open_.discard("nonfinite")
-    return nonfinite_finding(metric, "resolved", step, value, asdict(config))
+    out: list[Finding], open_: set[str], metric: str, step: int, value: float, config: Any
+) -> bool:
+    """Append the start or end of a NaN/Inf episode at this point (tracked in
+    `open_`) to `out`; True when `value` is finite, so the caller judges it.
+    `config`, a detector's dataclass, becomes the finding's params only when
+    there is a finding (asdict costs tens of µs)."""
+    finite = math.isfinite(value)
+    if finite == ("nonfinite" in open_):  # an episode starts (NaN) or ends (finite)
+        if finite:
+            open_.discard("nonfinite")
+        else:
+            open_.add("nonfinite")
+        state = "resolved" if finite else "firing"
+        out.append(nonfinite_finding(metric, state, step, value, asdict(config)))
+    return finite
 
 
 def _quantile(ordered: list[float], q: float) -> float:
@@ -189,12 +190,8 @@ class SeriesDetector:
 
     def update(self, step: int, value: float) -> list[Finding]:
         out: list[Finding] = []
-        if self._open or not math.isfinite(value):
-            edge = _nonfinite_edge(self._open, self.metric, step, value, self.spike)
-            if edge is not None:
-                out.append(edge)
-            if not math.isfinite(value):
-                return out
+        if not _nonfinite_edge(out, self._open, self.metric, step, value, self.spike):
+            return out
         self._spike(step, value, out)
         if self.divergence is not None:
             self._block.append(value)
@@ -326,12 +323,8 @@ class LrJumpDetector:
 
     def update(self, step: int, value: float) -> list[Finding]:
         out: list[Finding] = []
-        if self._open or not math.isfinite(value):
-            edge = _nonfinite_edge(self._open, self.metric, step, value, self.config)
-            if edge is not None:
-                out.append(edge)
-            if not math.isfinite(value):
-                return out
+        if not _nonfinite_edge(out, self._open, self.metric, step, value, self.config):
+            return out
         top = max(self._recent, default=0.0)
         if top > 0 and value > self.config.factor * top:
             if "lr_jump" not in self._open:

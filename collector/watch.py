@@ -82,11 +82,11 @@ class AlertRules:
     lr_jump: LrJumpConfig = field(default_factory=LrJumpConfig)
 
     def watched(self, metric: str) -> bool:
-        return any(fnmatch.fnmatchcase(metric, p) for p in self.metrics)
+        return _matches(metric, self.metrics)
 
     def learning_rate(self, metric: str) -> bool:
         """A learning rate, watched for jumps (`metrics` takes precedence)."""
-        return any(fnmatch.fnmatchcase(metric, p) for p in self.lr_metrics)
+        return _matches(metric, self.lr_metrics)
 
     def spike_for(self, metric: str) -> SpikeConfig:
         return spike_config_for(metric, self.spike, self.grad_spike)
@@ -133,6 +133,10 @@ def rules_from_config(config: Any) -> AlertRules:
 
 def _globs(setting: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in setting.split(",") if p.strip())
+
+
+def _matches(metric: str, globs: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(metric, p) for p in globs)
 
 
 def alert_event(

@@ -27,7 +27,6 @@ import bisect
 import os
 import struct
 import threading
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +36,11 @@ from typing import BinaryIO, Literal
 import structlog
 
 from agent.errors import SpoolError, SpoolFullError
+
+try:  # ISA-L: the same CRC-32 as zlib's, about 3x faster (every byte is checksummed twice)
+    from isal.isal_zlib import crc32
+except ImportError:  # a platform without its wheel: the same values, slower
+    from zlib import crc32
 
 __all__ = ["Overflow", "Record", "Spool", "SpoolStats"]
 
@@ -92,7 +96,7 @@ def _frame(topic: str, key: bytes, value: bytes) -> tuple[bytes, bytes]:
     checksummed and written where it is, never copied into a new buffer."""
     t = topic.encode()
     prefix = _U16.pack(len(t)) + t + _U16.pack(len(key)) + key
-    crc = zlib.crc32(value, zlib.crc32(prefix))
+    crc = crc32(value, crc32(prefix))
     return _HEAD.pack(_MAGIC, len(prefix) + len(value), crc) + prefix, value
 
 
@@ -115,7 +119,7 @@ def _frames(data: memoryview) -> Iterator[tuple[int, memoryview]]:
         if magic != _MAGIC or length > _MAX_PAYLOAD or end > len(data):
             return
         payload = data[pos + _HEAD.size : end]
-        if zlib.crc32(payload) != crc:
+        if crc32(payload) != crc:
             return
         yield end, payload
         pos = end

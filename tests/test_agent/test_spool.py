@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,26 @@ class TestTornTail:
         spool, records = _reopen(tmp_path)
         assert [r.value for r in records] == [e[2] for e in _entries(2)]
         assert spool.stats().torn_bytes_cut > 0
+
+
+class TestFrameChecksum:
+    def test_frame_crc_is_zlibs_crc32(self, tmp_path: Path) -> None:
+        """The spool checksums with ISA-L where installed: its CRC-32 must be
+        zlib's, so a spool written by one build opens in any other."""
+        spool = Spool(tmp_path)
+        spool.open()
+        values = [os.urandom(n) for n in (0, 1, 5000, 300_000)]
+        spool.append([("t.training", b"key", v) for v in values])
+        spool.close()
+        (segment,) = tmp_path.glob("*.seg")
+        data, pos = segment.read_bytes(), 0
+        for value in values:
+            magic, length, crc = struct.unpack_from("<2sII", data, pos)
+            payload = data[pos + 10 : pos + 10 + length]
+            assert magic == b"TT" and payload.endswith(value)
+            assert crc == zlib.crc32(payload)
+            pos += 10 + length
+        assert pos == len(data)
 
 
 class TestTrim:

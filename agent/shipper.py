@@ -57,6 +57,9 @@ class Shipper:
         self._stop = threading.Event()
         self._rebuild = False
         self._cursors = [0] * len(self.spools)
+        # Filled by delivery reports during a poll or flush, applied right after
+        # it (`_settle`): acking a spool record by record cost more than producing it.
+        self._delivered: list[tuple[int, int, float]] = []
         for spool in self.spools:
             spool.on_append = self._wake.set
         self._producer = self._new_producer()
@@ -83,6 +86,7 @@ class Shipper:
         self._wake.set()
         self._thread.join(timeout)
         self._producer.flush(max(0.0, deadline - time.monotonic()))
+        self._settle()
         self._producer.close()
         return sum(spool.stats().pending for spool in self.spools)
 
@@ -96,20 +100,20 @@ class Shipper:
             for i, spool in enumerate(self.spools):
                 records, self._cursors[i] = spool.read(self._cursors[i], _READ_BATCH)
                 for record in records:
-                    if not self._produce(spool, record):
+                    if not self._produce(i, record):
                         return  # stopping; the rest stays spooled
                 produced += len(records)
             if produced:
-                self._producer.poll(0)
+                self._poll(0)
                 continue
             # Idle: serve delivery reports (a wait in librdkafka, not a spin)
             # until an append wakes us.
             while not (self._wake.is_set() or self._stop.is_set() or self._rebuild):
-                self._producer.poll(0.05)
+                self._poll(0.05)
             self._wake.clear()
 
-    def _produce(self, spool: Spool, record: Record) -> bool:
-        on_delivery = self._callback(spool, record, time.monotonic())
+    def _produce(self, i: int, record: Record) -> bool:
+        on_delivery = self._callback(i, record, time.monotonic())
         while not self._stop.is_set():
             try:
                 self._producer.produce(record.topic, record.key, record.value, on_delivery)
@@ -118,18 +122,17 @@ class Shipper:
             except BufferError:
                 # librdkafka's queue is full (broker slow or down): wait for
                 # reports; the spool on disk keeps absorbing new events.
-                self._producer.poll(0.1)
+                self._poll(0.1)
         return False
 
-    def _callback(self, spool: Spool, record: Record, started: float) -> DeliveryCallback:
+    def _poll(self, timeout: float) -> None:
+        self._producer.poll(timeout)
+        self._settle()
+
+    def _callback(self, i: int, record: Record, started: float) -> DeliveryCallback:
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             if err is None:
-                spool.ack(record.rid)
-                self.stats.delivered += 1
-                self.stats.last_delivery = time.time()
-                self.stats.broker_down_since = None
-                if len(self.stats.latencies) < 100_000:
-                    self.stats.latencies.append(time.monotonic() - started)
+                self._delivered.append((i, record.rid, started))
                 return
             if self._stop.is_set() or err.code() in _PURGED:
                 return  # purged (shutdown, producer rebuild): still spooled, read again
@@ -139,6 +142,23 @@ class Shipper:
                 self._rebuild = True
 
         return on_delivery
+
+    def _settle(self) -> None:
+        """Ack in the spools what the last poll's delivery reports confirmed."""
+        if not self._delivered:
+            return
+        done, self._delivered = self._delivered, []
+        now = time.monotonic()
+        for i, spool in enumerate(self.spools):
+            rids = [rid for j, rid, _ in done if j == i]
+            if rids:
+                spool.ack_many(rids)
+        stats = self.stats
+        stats.delivered += len(done)
+        stats.last_delivery = time.time()
+        stats.broker_down_since = None
+        room = 100_000 - len(stats.latencies)
+        stats.latencies += [now - started for _, _, started in done[: max(0, room)]]
 
     def _replace_producer(self) -> None:
         log.warning("replacing producer after a fatal error; re-producing undelivered records")

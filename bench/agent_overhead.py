@@ -179,6 +179,28 @@ def through_agent(
     return agent_rate, sent
 
 
+def drain(bootstrap_servers: str, sent: Sent) -> float:
+    """Messages/s of the shipper catching up on a backlog: `sent` is spooled
+    first (as during an outage: beyond the spool's memory copy, so read back
+    from disk and CRC-checked), then the shipper starts and delivers it all."""
+    from agent.shipper import Shipper
+    from agent.spool import Spool
+
+    with tempfile.TemporaryDirectory() as tmp:
+        samples = Spool(Path(tmp) / "s", max_bytes=10 * 2**30, overflow="drop_oldest", fsync=False)
+        samples.open()
+        for i in range(0, len(sent), 100):
+            samples.append([(f"{t}.drain", k, v) for t, k, v in sent[i : i + 100]])
+        shipper = Shipper([samples], bootstrap=bootstrap_servers)
+        t0 = time.perf_counter()
+        shipper.start()
+        while shipper.stats.delivered < len(sent):
+            time.sleep(0.001)
+        rate = len(sent) / (time.perf_counter() - t0)
+        shipper.stop(10)
+    return rate
+
+
 def raw_produce(bootstrap_servers: str, sent: Sent) -> float:
     """Messages/s of a plain producer sending the same bytes, same settings."""
     from confluent_kafka import Producer
@@ -201,16 +223,18 @@ def raw_produce(bootstrap_servers: str, sent: Sent) -> float:
 
 def compare(
     bootstrap_servers: str, events: list[dict[str, Any]], batch: int, rounds: int
-) -> tuple[float, float]:
-    """Median messages/s of the agent and of the raw producer over `rounds`
-    alternating rounds (agent, raw, agent, raw...): this VM's speed drifts by
-    tens of percent between minutes, so one pair alone can mislead."""
-    agent, raw = [], []
+) -> tuple[float, float, float]:
+    """Median messages/s of the agent, of the raw producer and of the
+    agent's backlog drain over `rounds` alternating rounds (agent, raw,
+    drain, agent...): this VM's speed drifts by tens of percent between
+    minutes, so one pair alone can mislead."""
+    agent, raw, drained = [], [], []
     for _ in range(rounds):
         rate, sent = through_agent(bootstrap_servers, events, batch)
         agent.append(rate)
         raw.append(raw_produce(bootstrap_servers, sent))
-    return statistics.median(agent), statistics.median(raw)
+        drained.append(drain(bootstrap_servers, sent))
+    return statistics.median(agent), statistics.median(raw), statistics.median(drained)
 
 
 def encode_only(n: int = 5000) -> dict[str, float]:
@@ -252,29 +276,31 @@ def main() -> None:
     servers = bootstrap()
     over = overhead(servers, duration)
     met_events, points = metrics_events(n_metrics)
-    met_agent, met_raw = compare(servers, met_events, 1, 3)
+    met_agent, met_raw, met_drain = compare(servers, met_events, 1, 3)
     del met_events
     gpu_rows = []
     for ticks, messages in ((1, n), (60, max(1, n // 20))):
         events, per = gpu_events(messages, ticks)
-        gpu_agent, gpu_raw = compare(servers, events, 1, 3)
+        gpu_agent, gpu_raw, gpu_drain = compare(servers, events, 1, 3)
         del events
         label = f"GpuSamples, {ticks} tick(s) x {GPUS} GPUs = {per} samples/message"
-        gpu_rows.append((label, gpu_agent, gpu_raw, per))
+        gpu_rows.append((label, gpu_agent, gpu_raw, gpu_drain, per))
     w = 58
     print()
     print(f"{'measure':<{w}} {'value':>12}  target")
     cpu = "agent CPU, 8 GPUs + host at 1 Hz (% of one core)"
     print(f"{cpu:<{w}} {over['cpu_pct']:>11.2f}%  < 1 %")
     print(f"{'agent peak RSS (MB)':<{w}} {over['rss_mb']:>12.1f}  < 80 MB")
-    rows = [*gpu_rows, (f"Metrics, {points:,} points/message", met_agent, met_raw, points)]
-    for label, agent, raw, per in rows:
+    metrics_row = (f"Metrics, {points:,} points/message", met_agent, met_raw, met_drain, points)
+    for label, agent, raw, drained, per in [*gpu_rows, metrics_row]:
         print(f"{label}:")
         print(f"{'  agent ingest+spool+deliver, messages/s':<{w}} {agent:>12,.0f}")
         print(f"{'  raw confluent-kafka produce of the same bytes, messages/s':<{w}} {raw:>12,.0f}")
         if per > 1:
             print(f"{'  agent, samples or points/s':<{w}} {agent * per:>12,.0f}")
         print(f"{'  agent / raw':<{w}} {agent / raw:>12.2f}  >= 0.5")
+        print(f"{'  agent draining a spooled backlog, messages/s':<{w}} {drained:>12,.0f}")
+        print(f"{'  drain / raw':<{w}} {drained / raw:>12.2f}")
     for kind, micros in encode_only().items():
         print(f"{'encode alone, ' + kind + ' (µs/message)':<{w}} {micros:>12.1f}")
     print(f"{'GPU source packing one tick of 8 GPUs (µs)':<{w}} {pack_only():>12.1f}")

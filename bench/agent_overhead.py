@@ -7,7 +7,8 @@ pynvml: every field answered, as on a full H100 node) and the host source at
 peak RSS from /proc. Part 2 measures events/s through the agent's whole path
 (envelope, Avro encode, spool append with fsync per batch, produce, delivery
 report, trim) next to a plain confluent-kafka producer sending the same
-pre-encoded bytes with the same settings, in the same run.
+pre-encoded bytes with the same settings, in the same run, and the shipper
+alone draining those bytes from a spool (a backlog after an outage).
 
 Two GPU shapes: one tick of 8 GPUs per GpuSamples message (the default) and
 60 ticks per message (`[gpu] ticks_per_message = 60`).

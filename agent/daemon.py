@@ -115,6 +115,7 @@ class Agent:
             self.config.spool_max_bytes,
             "refuse",
             save,
+            fsync_interval=self.config.spool_fsync_interval_ms / 1000,
         )
         self.samples = Spool(
             root / "samples",
@@ -123,6 +124,7 @@ class Agent:
             self.config.spool_samples_max_bytes,
             "drop_oldest",
             save,
+            fsync_interval=self.config.spool_fsync_interval_ms / 1000,
         )
         self.shipper = Shipper(
             [self.critical, self.samples],

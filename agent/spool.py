@@ -17,15 +17,14 @@ decides: `refuse` raises `SpoolFullError` (nothing is dropped; the sender
 keeps the batch), `drop_oldest` deletes the oldest segments, delivered or
 not, and counts what was lost.
 
-Frame: b"TT" | u32 payload length | u32 crc32(payload) | payload
-Payload: u16 topic length | topic | u16 key length | key | value
+The record format on disk is `agent/frames.py`; the optional interval
+fsync is `agent/syncer.py`.
 """
 
 from __future__ import annotations
 
 import bisect
 import os
-import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -36,25 +35,14 @@ from typing import BinaryIO, Literal, NamedTuple
 import structlog
 
 from agent.errors import SpoolError, SpoolFullError
-
-try:  # ISA-L: the same CRC-32 as zlib's, about 3x faster (every byte is checksummed twice)
-    from isal.isal_zlib import crc32
-except ImportError:  # a platform without its wheel: the same values, slower
-    from zlib import crc32
+from agent.frames import frame, frames, read_frames, unframe
+from agent.syncer import IntervalSync
 
 __all__ = ["Overflow", "Record", "Spool", "SpoolStats"]
 
 log = structlog.get_logger("traintrail.spool")
 
 Overflow = Literal["refuse", "drop_oldest"]
-
-_MAGIC = b"TT"
-_HEAD = struct.Struct("<2sII")
-_U16 = struct.Struct("<H")
-_MAX_PAYLOAD = 64 * 1024 * 1024
-# A lagging shipper reads the disk this much at a time, not a whole segment
-# per batch of records.
-_READ_CHUNK = 4 * 1024 * 1024
 
 
 class Record(NamedTuple):
@@ -91,70 +79,6 @@ class SpoolStats:
     torn_bytes_cut: int
 
 
-def _frame(topic: str, key: bytes, value: bytes) -> tuple[bytes, bytes]:
-    """The frame as (header and prefix, value): a value of megabytes is
-    checksummed and written where it is, never copied into a new buffer."""
-    t = topic.encode()
-    prefix = _U16.pack(len(t)) + t + _U16.pack(len(key)) + key
-    crc = crc32(value, crc32(prefix))
-    return _HEAD.pack(_MAGIC, len(prefix) + len(value), crc) + prefix, value
-
-
-def _unframe(payload: memoryview) -> tuple[str, bytes, bytes]:
-    """Topic, key and value of a frame's payload; the value is copied once,
-    out of the chunk it was read with."""
-    (tlen,) = _U16.unpack_from(payload, 0)
-    topic = bytes(payload[2 : 2 + tlen]).decode()
-    (klen,) = _U16.unpack_from(payload, 2 + tlen)
-    start = 4 + tlen
-    return topic, bytes(payload[start : start + klen]), bytes(payload[start + klen :])
-
-
-def _frames(data: memoryview) -> Iterator[tuple[int, memoryview]]:
-    """(end offset, payload) of each intact frame from the start of `data`."""
-    pos = 0
-    while pos + _HEAD.size <= len(data):
-        magic, length, crc = _HEAD.unpack_from(data, pos)
-        end = pos + _HEAD.size + length
-        if magic != _MAGIC or length > _MAX_PAYLOAD or end > len(data):
-            return
-        payload = data[pos + _HEAD.size : end]
-        if crc32(payload) != crc:
-            return
-        yield end, payload
-        pos = end
-
-
-def _read_frames(fh: BinaryIO, offset: int, size: int) -> Iterator[tuple[int, memoryview]]:
-    """(end offset in the file, payload) of each intact frame between `offset`
-    and `size`, reading _READ_CHUNK bytes at a time (or one frame, when a
-    frame is larger), so that taking a few records costs a few reads however
-    large the segment. Stops at the first damaged frame."""
-    while offset < size:
-        fh.seek(offset)
-        data = memoryview(fh.read(min(size - offset, _READ_CHUNK)))
-        pos = 0
-        for end, payload in _frames(data):
-            pos = end
-            yield offset + end, payload
-        if pos == 0:  # no whole frame in the chunk: one larger than it, or damage
-            if len(data) < _HEAD.size:
-                return
-            magic, length, _crc = _HEAD.unpack_from(data, 0)
-            need = _HEAD.size + length
-            if magic != _MAGIC or length > _MAX_PAYLOAD or need <= len(data):
-                return
-            if offset + need > size:
-                return
-            fh.seek(offset)
-            whole = list(_frames(memoryview(fh.read(need))))
-            if not whole:
-                return
-            pos = need
-            yield offset + need, whole[0][1]
-        offset += pos
-
-
 class Spool:
     """Thread-safe: senders append, the producer's delivery reports ack, the
     shipper reads."""
@@ -168,10 +92,21 @@ class Spool:
         overflow: Overflow = "refuse",
         before_trim: Callable[[], None] | None = None,
         memory_bytes: int = 16 * 1024 * 1024,
+        fsync_interval: float = 0.0,
     ) -> None:
+        """`fsync` with `fsync_interval` 0: each batch is fsynced before
+        `append` returns; > 0 (seconds): `append` returns once the batch is
+        written and a thread fsyncs at most that often (agent/syncer.py)."""
+        if not fsync_interval >= 0:  # NaN too
+            raise ValueError(f"fsync_interval must be >= 0, got {fsync_interval!r}")
         self.directory = Path(directory)
         self.segment_bytes = segment_bytes
         self.fsync = fsync
+        self._syncer = (
+            IntervalSync(fsync_interval, self._sync_current, self.directory.name)
+            if fsync and fsync_interval > 0
+            else None
+        )
         self.max_bytes = max_bytes
         self.overflow = overflow
         # Called before any segment is deleted, e.g. to save the hash chain
@@ -205,7 +140,7 @@ class Spool:
             first = int(path.stem)
             data = path.read_bytes()
             good, count = 0, 0
-            for end, _payload in _frames(memoryview(data)):
+            for end, _payload in frames(memoryview(data)):
                 good, count = end, count + 1
             if good < len(data):
                 self._torn += len(data) - good
@@ -219,6 +154,8 @@ class Spool:
             self._segments.append(_Segment(first, path, good, count))
             self._next_rid = max(self._next_rid, first + count)
         self._roll()  # never append after a cut: start a fresh segment
+        if self._syncer is not None:
+            self._syncer.start()
         return sum(s.count for s in self._segments)
 
     # -- append / ack ----------------------------------------------------------
@@ -229,7 +166,7 @@ class Spool:
         Raises SpoolFullError (policy `refuse`) or SpoolError (disk)."""
         if not entries:
             return []
-        pieces = [piece for t, k, v in entries for piece in _frame(t, k, v)]
+        pieces = [piece for t, k, v in entries for piece in frame(t, k, v)]
         size = sum(len(p) for p in pieces)
         with self._write_lock:  # one writer at a time; acks and reads go on meanwhile
             with self._lock:
@@ -244,7 +181,9 @@ class Spool:
             try:
                 fh.writelines(pieces)
                 fh.flush()
-                if self.fsync:
+                if self._syncer is not None:
+                    self._syncer.written()
+                elif self.fsync:
                     os.fsync(fh.fileno())
             except OSError as exc:
                 raise SpoolError(f"spool append to {seg.path.name}: {exc}") from exc
@@ -350,6 +289,11 @@ class Spool:
 
     def _roll(self) -> None:
         if self._fh is not None:
+            if self._syncer is not None:  # the interval thread only knows the current file
+                try:
+                    os.fsync(self._fh.fileno())
+                except OSError as exc:
+                    log.error("spool fsync at segment roll failed", error=str(exc))
             self._fh.close()
         path = self.directory / f"{self._next_rid:020d}.seg"
         self._fh = path.open("ab")
@@ -388,9 +332,9 @@ class Spool:
         pos = offset
         try:
             with path.open("rb") as fh:
-                for end, payload in _read_frames(fh, offset, size):
+                for end, payload in read_frames(fh, offset, size):
                     if rid >= cursor and rid not in acked:
-                        records.append(Record(rid, *_unframe(payload)))
+                        records.append(Record(rid, *unframe(payload)))
                     rid, pos = rid + 1, end
                     if len(records) >= max_records:
                         break
@@ -424,7 +368,21 @@ class Spool:
                 torn_bytes_cut=self._torn,
             )
 
+    def _sync_current(self) -> None:
+        """fsync the segment being written (for the interval thread): a copy
+        of its descriptor, so that appends need not wait for the disk."""
+        with self._write_lock:
+            if self._fh is None:
+                return
+            fd = os.dup(self._fh.fileno())
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def close(self) -> None:
+        if self._syncer is not None:
+            self._syncer.stop()  # a last fsync of what is written
         with self._write_lock, self._lock:
             if self._fh is not None:
                 self._fh.close()

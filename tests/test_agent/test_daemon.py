@@ -12,15 +12,19 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.config import load_config
 from agent.daemon import Agent
 from agent.spool import Spool
 from schemas import decode, default_registry, event_hash
+from schemas.settings import SettingsError
 from tests.procs import send_batch
 from tests.samples import body, unpacked_points
 
@@ -218,3 +222,36 @@ def _raw(path: Path, data: bytes) -> dict[str, Any]:
         reply = json.loads(s.makefile().readline())
     assert isinstance(reply, dict)
     return reply
+
+
+def test_interval_fsync_setting_reaches_the_spool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`[spool] fsync_interval_ms`: batches are acknowledged without an
+    fsync on the socket's threads; the interval thread makes them durable."""
+    callers: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        callers.append(threading.current_thread().name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    agent = _agent(tmp_path, spool_fsync_interval_ms=50.0)
+    agent.start()
+    try:
+        for _ in range(5):
+            assert send_batch(tmp_path / "agent.sock", [_event("Metrics")])["ok"]
+        deadline = time.monotonic() + 10
+        while "fsync-segments" not in callers:
+            assert time.monotonic() < deadline, callers
+            time.sleep(0.01)
+        assert not [c for c in callers if "process_request" in c], callers
+    finally:
+        agent.stop()
+    assert len([e for e in _spooled(tmp_path) if e["_type"] == "Metrics"]) == 5
+
+
+def test_negative_fsync_interval_is_one_clear_error() -> None:
+    with pytest.raises(SettingsError, match=r"\[spool\] fsync_interval_ms: must be >= 0, got -5"):
+        load_config(None, spool_fsync_interval_ms=-5.0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import structlog
@@ -58,8 +59,10 @@ class Shipper:
         self._rebuild = False
         self._cursors = [0] * len(self.spools)
         # Filled by delivery reports during a poll or flush, applied right after
-        # it (`_settle`): acking a spool record by record cost more than producing it.
-        self._delivered: list[tuple[int, int, float]] = []
+        # it (`_settle`): acking a spool record by record cost more than producing
+        # it. A deque: appends and pops are atomic, should stop()'s flush run
+        # callbacks while the thread still polls.
+        self._delivered: deque[tuple[int, int, float]] = deque()
         for spool in self.spools:
             spool.on_append = self._wake.set
         self._producer = self._new_producer()
@@ -145,9 +148,14 @@ class Shipper:
 
     def _settle(self) -> None:
         """Ack in the spools what the last poll's delivery reports confirmed."""
-        if not self._delivered:
+        delivered, done = self._delivered, []
+        try:
+            for _ in range(len(delivered)):
+                done.append(delivered.popleft())
+        except IndexError:
+            pass  # another thread settled the rest
+        if not done:
             return
-        done, self._delivered = self._delivered, []
         now = time.monotonic()
         for i, spool in enumerate(self.spools):
             rids = [rid for j, rid, _ in done if j == i]
@@ -164,6 +172,7 @@ class Shipper:
         log.warning("replacing producer after a fatal error; re-producing undelivered records")
         self._rebuild = False
         self._producer.close()
+        self._settle()  # what was delivered before the purge must not be produced again
         self._producer = self._new_producer()
         self._cursors = [spool.first_rid() for spool in self.spools]
 

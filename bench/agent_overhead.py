@@ -11,7 +11,9 @@ pre-encoded bytes with the same settings, in the same run, and the shipper
 alone draining those bytes from a spool (a backlog after an outage).
 
 Two GPU shapes: one tick of 8 GPUs per GpuSamples message (the default) and
-60 ticks per message (`[gpu] ticks_per_message = 60`).
+60 ticks per message (`[gpu] ticks_per_message = 60`); the SDK's Metrics
+batches of 10,000 points, with the default fsync per batch and with
+`[spool] fsync_interval_ms = 100`.
 
     python bench/agent_overhead.py [DURATION_S=30] [GPU_MESSAGES=20000] [METRICS_MESSAGES=500]
 """

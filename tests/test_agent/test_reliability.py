@@ -166,8 +166,13 @@ def test_broker_down_for_60_s_while_streaming(tmp_path: Path, broker: PrivateKaf
     collector.stop()
 
 
-def test_agent_sigkilled_mid_stream(tmp_path: Path, broker: PrivateKafka) -> None:
-    env = _env(tmp_path, broker.bootstrap)
+@pytest.mark.parametrize("fsync_interval_ms", ["0", "50"])
+def test_agent_sigkilled_mid_stream(
+    tmp_path: Path, broker: PrivateKafka, fsync_interval_ms: str
+) -> None:
+    """Also with the interval fsync: a batch acknowledged before its fsync
+    is in the page cache, which a killed process does not take with it."""
+    env = _env(tmp_path, broker.bootstrap, TRAINTRAIL_SPOOL_FSYNC_INTERVAL_MS=fsync_interval_ms)
     collector = CollectorProc(tmp_path / "collector", env).start()
     agent = AgentProc(tmp_path / "agent", env).start()
     steps = 2000

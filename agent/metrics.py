@@ -115,25 +115,27 @@ class _AgentCollector(Collector):
         yield CounterMetricFamily(
             f"{_PREFIX}_delivery_errors", "Failed delivery reports", value=k["failed"]
         )
-        by_spool = {
-            "bytes": ("spool_bytes", "Bytes in the spool"),
-            "segments": ("spool_segments", "Segment files in the spool"),
-            "pending": ("spool_pending_records", "Records waiting for Kafka"),
-            "max_bytes": ("spool_max_bytes", "Spool byte limit"),
+        by_spool: dict[str, tuple[type[GaugeMetricFamily | CounterMetricFamily], str, str]] = {
+            "bytes": (GaugeMetricFamily, "spool_bytes", "Bytes in the spool"),
+            "segments": (GaugeMetricFamily, "spool_segments", "Segment files in the spool"),
+            "pending": (GaugeMetricFamily, "spool_pending_records", "Records waiting for Kafka"),
+            "max_bytes": (GaugeMetricFamily, "spool_max_bytes", "Spool byte limit"),
+            "dropped_records": (
+                CounterMetricFamily,
+                "spool_dropped_records",
+                "Undelivered records dropped by a full spool",
+            ),
+            "fsync_errors": (
+                CounterMetricFamily,
+                "spool_fsync_errors",
+                "Failed background fsyncs ([spool] fsync_interval_ms; each is retried)",
+            ),
         }
-        for key, (name, doc) in by_spool.items():
-            fam = GaugeMetricFamily(f"{_PREFIX}_{name}", doc, labels=["spool"])
+        for key, (family, name, doc) in by_spool.items():
+            fam = family(f"{_PREFIX}_{name}", doc, labels=["spool"])
             for spool, sst in st["spools"].items():
                 fam.add_metric([spool], sst[key])
             yield fam
-        dropped = CounterMetricFamily(
-            f"{_PREFIX}_spool_dropped_records",
-            "Undelivered records dropped by a full spool",
-            labels=["spool"],
-        )
-        for spool, sst in st["spools"].items():
-            dropped.add_metric([spool], sst["dropped_records"])
-        yield dropped
 
 
 class StatusServer:

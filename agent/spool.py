@@ -77,6 +77,7 @@ class SpoolStats:
     dropped_records: int
     refused_batches: int
     torn_bytes_cut: int
+    fsync_errors: int  # failed background fsyncs (the interval policy; each is retried)
 
 
 class Spool:
@@ -120,6 +121,7 @@ class Spool:
         self._next_rid = 0
         self._fh: BinaryIO | None = None
         self._torn = 0
+        self._roll_fsync_errors = 0
         self._dropped = 0
         self._refused = 0
         self._read_hint: tuple[int, Path, int] | None = None  # (rid, segment, byte offset)
@@ -293,6 +295,7 @@ class Spool:
                 try:
                     os.fsync(self._fh.fileno())
                 except OSError as exc:
+                    self._roll_fsync_errors += 1
                     log.error("spool fsync at segment roll failed", error=str(exc))
             self._fh.close()
         path = self.directory / f"{self._next_rid:020d}.seg"
@@ -366,6 +369,8 @@ class Spool:
                 dropped_records=self._dropped,
                 refused_batches=self._refused,
                 torn_bytes_cut=self._torn,
+                fsync_errors=self._roll_fsync_errors
+                + (self._syncer.errors if self._syncer is not None else 0),
             )
 
     def _sync_current(self) -> None:

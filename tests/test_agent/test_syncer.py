@@ -130,3 +130,22 @@ def test_a_failed_fsync_is_counted_and_retried() -> None:
 def test_bad_interval_is_a_clear_error(tmp_path: Path, interval: float) -> None:
     with pytest.raises(ValueError, match="fsync"):
         Spool(tmp_path, fsync_interval=interval)
+
+
+def test_failing_background_fsyncs_are_counted_in_the_spool_stats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path, fsync_interval=0.01)
+    spool.open()
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    spool.append(_entries(3))
+    deadline = time.monotonic() + 10
+    while spool.stats().fsync_errors < 2:  # counted, and tried again
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    monkeypatch.undo()
+    spool.close()

@@ -41,6 +41,7 @@ class IntervalSync:
             raise ValueError(f"fsync interval must be > 0 seconds, got {self.interval_s!r}")
 
     def start(self) -> None:
+        self._stop.clear()  # a spool closed and opened again syncs again
         self._thread = threading.Thread(target=self._run, name=f"fsync-{self.name}", daemon=True)
         self._thread.start()
 

@@ -149,3 +149,15 @@ def test_failing_background_fsyncs_are_counted_in_the_spool_stats(
         time.sleep(0.005)
     monkeypatch.undo()
     spool.close()
+
+
+def test_a_spool_closed_and_opened_again_syncs_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy, spool = _opened(tmp_path, monkeypatch, fsync_interval=0.02)
+    spool.close()
+    spool.open()
+    done = len(spy.calls)
+    spool.append(_entries(3))
+    spy.wait_for(done + 1)
+    spool.close()

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from collector.config import CollectorConfig
 from collector.detectors import (
     GRAD_SPIKE,
     DivergenceConfig,
@@ -67,18 +68,24 @@ _MAX_SERIES = 100_000  # (run, metric) detectors kept; the least recently fed go
 _HARDWARE = frozenset({"GpuSample", "GpuSamples", "GpuEvent", "HostSample"})
 
 
+def _globs(setting: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in setting.split(",") if p.strip())
+
+
+# The glob defaults are the settings' own (one list each, in collector/config.py).
+_DEFAULTS = CollectorConfig()
+
+
 @dataclass(frozen=True)
 class AlertRules:
-    metrics: tuple[str, ...] = ("loss*", "*grad_norm*", "*grad-norm*")
+    metrics: tuple[str, ...] = _globs(_DEFAULTS.alerts_metrics)
     spike: SpikeConfig = field(default_factory=SpikeConfig)
     grad_spike: SpikeConfig = GRAD_SPIKE
     divergence: DivergenceConfig | None = field(default_factory=DivergenceConfig)
     stall: StallConfig = field(default_factory=StallConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     cooldown_s: float = 300.0
-    lr_metrics: tuple[str, ...] = (
-        "*learning_rate*", "*learning-rate*", "lr", "lr-*", "lr_*", "*/lr", "*/lr-*", "*_lr",
-    )  # fmt: skip
+    lr_metrics: tuple[str, ...] = _globs(_DEFAULTS.alerts_lr_metrics)
     lr_jump: LrJumpConfig = field(default_factory=LrJumpConfig)
 
     def watched(self, metric: str) -> bool:
@@ -129,10 +136,6 @@ def rules_from_config(config: Any) -> AlertRules:
             window=config.alerts_spike_window, factor=config.alerts_lr_jump_factor
         ),
     )
-
-
-def _globs(setting: str) -> tuple[str, ...]:
-    return tuple(p.strip() for p in setting.split(",") if p.strip())
 
 
 def _matches(metric: str, globs: tuple[str, ...]) -> bool:

@@ -73,6 +73,15 @@ class Encoder:
         self.run_id = run_id
         self.stream = stream
         self._run_id_json = json.dumps(run_id)
+        # A Metrics event's envelope JSON but for its event_id, time and body:
+        # the same for every one.
+        text = _dumps(self._envelope("Metrics", "", 0, {}))
+        self._metrics_head = text[: text.index('"event_id":')]
+        self._metrics_tail = text[text.index('"stream":') : -len("{}}")]
+        # The last uniform batch's names: (names, their JSON, base64 of their
+        # indexes). A loop logs the same names every step, so each cycle
+        # after the first checks one tuple equality instead of 20 names.
+        self._shape: tuple[tuple[str, ...], str, str] | None = None
         self.last: dict[str, float] = {}  # last value of each metric, as sent
         self.dropped_points = 0  # values that could not be read
         self._warn = warn
@@ -161,16 +170,15 @@ class Encoder:
             # struct reads each value as a C double (float(), a tensor's .item())
             values = struct.pack(f"<{len(flat)}d", *flat)
             shapes = list(map(tuple, dicts))
-            index: dict[str, int] = {}
-            packed_of: dict[tuple[str, ...], bytes] = {}
             # The names of each call, distinct, in order. Usually one list: the
             # count compares by identity first, without hashing 20 names a call.
             uniform = shapes.count(shapes[0]) == len(shapes)
-            for shape in (shapes[0],) if uniform else dict.fromkeys(shapes):
-                if not all(type(k) is str and k for k in shape):
-                    raise TypeError("metric names must be non-empty str")
-                ids = [index.setdefault(k, len(index)) for k in shape]
-                packed_of[shape] = struct.pack(f"<{len(ids)}i", *ids)
+            if uniform:
+                names_json, idx_b64 = self._uniform_names(shapes[0])
+            else:
+                index: dict[str, int] = {}
+                packed_of = {shape: _name_ids(shape, index) for shape in dict.fromkeys(shapes)}
+                names_json = _dumps(list(index))
             calls = len(entries)
             step_calls = struct.pack(f"<{calls}q", *[e[0] for e in entries])
             times_ns = [e[1] for e in entries]
@@ -178,15 +186,17 @@ class Encoder:
         except (TypeError, ValueError, OverflowError, RuntimeError, struct.error):
             return self._metrics_event_each(entries, count)
         counts = list(map(len, dicts))
-        starts = [0, *accumulate(counts)]
-        self._remember_last(list(zip(starts, shapes, strict=False)), _doubles(values), len(index))
         if uniform:  # per-call columns: the agent repeats them per point
+            # the last call carries every name: its values are the latest
+            self.last.update(zip(shapes[0], _doubles(values)[-counts[0] :], strict=True))
             columns = (
                 f'"points_per_call":{counts[0]},"step_call_le":"{_b64(step_calls)}",'
-                f'"time_call_le":"{_b64(time_calls)}",'
-                f'"name_idx_call_le":"{_b64(packed_of[shapes[0]])}"'
+                f'"time_call_le":"{_b64(time_calls)}","name_idx_call_le":"{idx_b64}"'
             )
         else:
+            starts = [0, *accumulate(counts)]
+            spans = list(zip(starts, shapes, strict=False))
+            self._remember_last(spans, _doubles(values), len(index))
             steps = b"".join(map(mul, _int64s(step_calls), counts))
             times = b"".join(map(mul, _int64s(time_calls), counts))
             idx = b"".join(map(packed_of.__getitem__, shapes))
@@ -194,21 +204,28 @@ class Encoder:
                 f'"step_le":"{_b64(steps)}","time_us_le":"{_b64(times)}",'
                 f'"name_idx_le":"{_b64(idx)}"'
             )
-        return len(flat), self._metrics_text(entries, index, columns, values)
+        return len(flat), self._metrics_text(entries, names_json, columns, values)
+
+    def _uniform_names(self, shape: tuple[str, ...]) -> tuple[str, str]:
+        """(names JSON, base64 of the packed name indexes) of a batch whose
+        calls all log `shape`; raises TypeError for a bad name."""
+        if self._shape is None or self._shape[0] != shape:
+            index: dict[str, int] = {}
+            packed = _name_ids(shape, index)
+            self._shape = (shape, _dumps(list(index)), _b64(packed))
+        return self._shape[1], self._shape[2]
 
     def _metrics_text(
-        self, entries: list[Entry], index: dict[str, int], columns: str, values: bytes
+        self, entries: list[Entry], names_json: str, columns: str, values: bytes
     ) -> str:
         """The Metrics event's JSON text; `columns` holds the step, time and
         name_idx fields, base64 like the values (all little-endian)."""
-        body = (
-            f'{{"run_id":{self._run_id_json},"names":{_dumps(list(index))},'
-            f'{columns},"value_le":"{_b64(values)}"}}'
+        # event_id is a UUID and time_us an int: neither needs JSON escaping
+        return (
+            f'{self._metrics_head}"event_id":"{uuid.uuid4()}","time_us":{entries[0][1] // 1000},'
+            f'{self._metrics_tail}{{"run_id":{self._run_id_json},"names":{names_json},'
+            f'{columns},"value_le":"{_b64(values)}"}}}}'
         )
-        head = self._envelope("Metrics", str(uuid.uuid4()), entries[0][1] // 1000, {})
-        envelope = _dumps(head)
-        assert envelope.endswith('"body":{}}')
-        return envelope[: -len("{}}")] + body + "}"
 
     def _metrics_event_each(self, entries: list[Entry], count: int) -> tuple[int, str]:
         """One Metrics event, read call by call: the path for unusual input.
@@ -246,11 +263,7 @@ class Encoder:
                     key = tuple(names)
                     packed = shapes.get(key)  # type: ignore[assignment]
                     if packed is None:
-                        if not all(type(k) is str and k for k in names):
-                            raise TypeError("metric names must be non-empty str")
-                        ids = [index.setdefault(k, len(index)) for k in names]
-                        packed = struct.pack(f"<{len(ids)}i", *ids)
-                        shapes[key] = packed
+                        packed = shapes[key] = _name_ids(key, index)
                     prev_names, prev_packed = names, packed
             except (TypeError, ValueError, OverflowError, RuntimeError):
                 del values[start:]
@@ -275,7 +288,7 @@ class Encoder:
             f'"step_le":"{_b64(b"".join(steps))}","time_us_le":"{_b64(b"".join(times))}",'
             f'"name_idx_le":"{_b64(b"".join(idx))}"'
         )
-        text = self._metrics_text(entries, index, columns, column.tobytes())
+        text = self._metrics_text(entries, _dumps(list(index)), columns, column.tobytes())
         return len(values), text
 
     def _remember_last(
@@ -330,8 +343,20 @@ class Encoder:
         }
 
 
+_JSON = json.JSONEncoder(allow_nan=True, separators=(",", ":"))
+
+
 def _dumps(obj: object) -> str:
-    return json.dumps(obj, allow_nan=True, separators=(",", ":"))
+    return _JSON.encode(obj)
+
+
+def _name_ids(shape: tuple[str, ...], index: dict[str, int]) -> bytes:
+    """The packed indexes of a call's names, adding new names to `index`;
+    TypeError for a name that is not a non-empty str."""
+    if not all(type(k) is str and k for k in shape):
+        raise TypeError("metric names must be non-empty str")
+    ids = [index.setdefault(k, len(index)) for k in shape]
+    return struct.pack(f"<{len(ids)}i", *ids)
 
 
 def _line(events: list[str]) -> str:

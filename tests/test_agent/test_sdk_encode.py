@@ -94,6 +94,29 @@ def test_numpy_and_tensor_like_values_are_read_on_the_fast_path() -> None:
     assert enc.last == {"a": 0.5, "b": 2.0, "c": 2.5}
 
 
+def test_names_remembered_from_one_batch_never_leak_into_the_next() -> None:
+    """The encoder keeps the last uniform batch's names (JSON, indexes) for the
+    next cycle: batches of other names, the same names in another order, and
+    a bad name after a good batch each come out as logged."""
+    enc = _encoder()
+    batches: list[list[Entry]] = [
+        [(i, T0 + i, {"loss": 1.0 + i, "acc": 0.5}) for i in range(3)],
+        [(i, T0 + i, {"loss": 2.0 + i, "acc": 0.25}) for i in range(3, 5)],  # same names
+        [(i, T0 + i, {"acc": 0.75, "loss": 3.0}) for i in range(5, 7)],  # other order
+        [(7, T0 + 7, {"lr": 0.1})],
+        [(8, T0 + 8, {"loss": 4.0, "": 1.0})],  # a bad name: dropped, the rest kept
+        [(9, T0 + 9, {"loss": 5.0, "acc": 0.125})],
+    ]
+    for entries in batches:
+        line = enc.lines(list(entries))[0]
+        good = [(s, t, {k: v for k, v in m.items() if k}) for s, t, m in entries]
+        assert _same(_points(line), _expected(good))
+        body = json.loads(line)["events"][0]["body"]
+        assert body["names"] == list(dict.fromkeys(k for _, _, m in good for k in m))
+    assert enc.last == {"loss": 5.0, "acc": 0.125, "lr": 0.1}
+    assert enc.dropped_points == 1
+
+
 def test_unreadable_values_and_steps_fall_back_and_are_counted() -> None:
     class Broken:
         def __float__(self) -> float:

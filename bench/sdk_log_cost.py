@@ -33,9 +33,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -48,6 +50,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import agent.sdk as traintrail
+from agent.sdk.client import FLUSH_INTERVAL_S
 
 Metrics = dict[str, Any]
 
@@ -272,6 +275,15 @@ def _interleaved(
         diffs.append((mean - base) / base * 100)
     diffs.sort()
     q = len(diffs) // 4
+    # Each ABBA group of four blocks, on its own: its two logged blocks against
+    # its two unlogged ones. Groups share no block, so their differences are
+    # independent samples and their mean has an honest standard error.
+    groups = [
+        (g[1][1] + g[2][1]) / (g[0][1] + g[3][1]) * 100 - 100
+        for g in (means[i : i + 4] for i in range(0, len(means) - 3, 4))
+    ]
+    mean = statistics.fmean(groups) if groups else math.nan
+    half = 1.96 * statistics.stdev(groups) / math.sqrt(len(groups)) if len(groups) > 1 else math.nan
     plain = [m for lg, m in means if not lg]
     return (
         f"training loop, interleaved steady state ({hidden}-wide MLP, BLAS on "
@@ -280,8 +292,29 @@ def _interleaved(
         f"{block_steps} steps, first {trim} of each left out): logging 20 metrics a step "
         f"costs median {diffs[len(diffs) // 2]:+.2f} % wall time "
         f"(mean {sum(diffs) / len(diffs):+.2f} %, "
-        f"quartiles {diffs[q]:+.2f} % .. {diffs[-q - 1]:+.2f} %, {len(diffs)} logged blocks; "
-        "target within 1 %)"
+        f"quartiles {diffs[q]:+.2f} % .. {diffs[-q - 1]:+.2f} %, {len(diffs)} logged blocks); "
+        f"per ABBA group: mean {mean:+.2f} % ± {half:.2f} % (95 %, {len(groups)} groups); "
+        "target within 1 %"
+    )
+
+
+def idle_sender(sock: str, seconds: float = 20.0) -> str:
+    """CPU of an open run's sender that has nothing to send: its wake-ups every
+    FLUSH_INTERVAL_S. The interleaved measure compares logging with an open,
+    idle run, so this is the part of "against no traintrail at all" it leaves out."""
+    run = traintrail.start_run("bench-idle", socket_path=sock)
+    run.flush(60)
+    thread = run._client._thread
+    assert thread.ident is not None
+    clock = time.pthread_getcpuclockid(thread.ident)
+    before, t0 = time.clock_gettime_ns(clock), time.perf_counter()
+    time.sleep(seconds)
+    used_ns, wall = time.clock_gettime_ns(clock) - before, time.perf_counter() - t0
+    run.finish()
+    return (
+        f"open run, nothing logged: the sender uses {used_ns / wall / 1e7:.3f} % of a core "
+        f"({used_ns / 1000 / (wall / FLUSH_INTERVAL_S):.0f} us per {FLUSH_INTERVAL_S} s wake-up, "
+        f"over {wall:.0f} s)"
     )
 
 
@@ -292,6 +325,7 @@ def interleaved_only(blocks: int, threads: list[int | None]) -> None:
         os.environ["TRAINTRAIL_SDK_SPOOL_DIR"] = f"{tmp}/sdk-spool"
         sock = f"{tmp}/agent.sock"
         with agent_stand_in(sock):
+            print(idle_sender(sock), flush=True)
             for n in threads:
                 print(interleaved_overhead(sock, blocks=blocks, blas_threads=n), flush=True)
 
@@ -366,6 +400,7 @@ def main() -> None:
                     )
             notes.append(_loop_overhead(sock, loop_steps))
             notes.append(_loop_overhead(sock, max(50, loop_steps // 5), 6, 1024, 512))
+            notes.append(idle_sender(sock))
             notes.append(interleaved_overhead(sock))
             notes.append(interleaved_overhead(sock, blas_threads=1))
             notes.append(_cuda_no_sync(sock))

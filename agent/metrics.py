@@ -128,7 +128,7 @@ class _AgentCollector(Collector):
             "fsync_errors": (
                 CounterMetricFamily,
                 "spool_fsync_errors",
-                "Failed background fsyncs ([spool] fsync_interval_ms; each is retried)",
+                "Failed fsyncs under [spool] fsync_interval_ms (the thread's are retried)",
             ),
         }
         for key, (family, name, doc) in by_spool.items():

@@ -77,7 +77,9 @@ class SpoolStats:
     dropped_records: int
     refused_batches: int
     torn_bytes_cut: int
-    fsync_errors: int  # failed background fsyncs (the interval policy; each is retried)
+    # failed fsyncs under the interval policy: the thread's (retried next round)
+    # and a segment roll's (logged; that segment is closed)
+    fsync_errors: int
 
 
 class Spool:

@@ -50,7 +50,9 @@ class IntervalSync:
         self._dirty = True
 
     def flush(self) -> None:
-        """fsync now if anything is unsynced (segment roll, close)."""
+        """fsync now if anything is unsynced (each round, and at stop). A
+        segment roll fsyncs the file it leaves itself (Spool._roll): this
+        only ever syncs the current one."""
         if self._dirty:
             self._dirty = False  # cleared first: a write racing this sets it again
             try:

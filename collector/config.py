@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from schemas.settings import load_settings, setting
+from schemas.settings import SettingsError, load_settings, setting
 from schemas.topics import TOPIC_SUFFIXES
 
 __all__ = ["TOPIC_SUFFIXES", "CollectorConfig", "load_config"]
@@ -53,6 +53,11 @@ class CollectorConfig:
     )
     collector_batch_max_seconds: float = setting(
         0.5, "Longest wait to fill a batch; bounds ingest latency."
+    )
+    collector_poll_seconds: float = setting(
+        0.05,
+        "Longest wait for messages before those in hand are decoded and watched: bounds "
+        "alert latency while a batch fills for up to batch_max_seconds.",
     )
     collector_retry_max_s: float = setting(
         30.0, "Longest wait between insert retries while the store is down (backoff cap)."
@@ -148,6 +153,10 @@ class CollectorConfig:
 
 def load_config(path: Path | None = None, **overrides: object) -> CollectorConfig:
     config = load_settings(CollectorConfig, path, overrides=overrides)
+    for name in ("collector_batch_max_seconds", "collector_poll_seconds"):
+        if not getattr(config, name) > 0:
+            section, _, key = name.partition("_")
+            raise SettingsError(f"[{section}] {key} must be above 0, got {getattr(config, name)}")
     dsn = config.clickhouse_dsn
     if dsn.startswith("chdb://") and not dsn.startswith("chdb:///"):
         absolute = Path(dsn.removeprefix("chdb://")).resolve()

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,22 +131,45 @@ class Pipeline:
         the writer thread (chDB and the HTTP client release the GIL while they
         work); then finish the previous one (commit) and start this one's insert.
         Commits stay in batch order, each after its batch is stored."""
-        messages = self.consumer.consume(
-            num_messages=self._batch_messages(),
-            timeout=self.config.collector_batch_max_seconds,
-        )
+        batch, result = Batch(), BatchResult()
+        offsets: Offsets = {}
+        routed: list[Routed] = []
+        consumed = 0
+        for messages in self._slices():
+            consumed += len(messages)
+            self._decode(messages, batch, result, offsets, routed)
         self._lag()
         if self.alerting is not None:
             self.alerting.tick()
-        if not messages:
+        if not consumed:
             self.flush()
             return BatchResult()
-        batch, result, offsets, routed = self._decode(messages)
+        result.rows = {name: batch.rows(name) for name in batch.names()}
+        self.metrics.batch_messages.observe(result.messages)
+        self.metrics.batch_rows.observe(sum(result.rows.values()))
         self.flush()
         if result.messages:
             attempt = self._writer.submit(self._insert_once, batch)
             self._pending = (attempt, batch, result, offsets, routed, time.monotonic())
         return result
+
+    def _slices(self) -> Iterator[list[Message]]:
+        """The next batch's messages as they arrive: a consume waits at most
+        `[collector] poll_seconds`, and each slice is decoded (and watched, and
+        its alerts sent) before the next, while the batch goes on filling for up
+        to `batch_max_seconds`. One long consume would hold a spike's alert back
+        for the rest of the batch window."""
+        want = self._batch_messages()
+        deadline = time.monotonic() + self.config.collector_batch_max_seconds
+        while want > 0:
+            left = deadline - time.monotonic()
+            wait = max(0.0, min(self.config.collector_poll_seconds, left))
+            messages = self.consumer.consume(num_messages=want, timeout=wait)
+            if messages:
+                want -= len(messages)
+                yield messages
+            if left <= wait or self.stop_event.is_set():
+                return
 
     def flush(self) -> bool:
         """Finish the batch in flight: stored (retrying while the store is down) and
@@ -189,11 +212,16 @@ class Pipeline:
 
     # -- decode ---------------------------------------------------------------------------
 
-    def _decode(self, messages: list[Message]) -> tuple[Batch, BatchResult, Offsets, list[Routed]]:
-        batch = Batch()
-        result = BatchResult()
-        offsets: dict[tuple[str, int], int] = {}
-        routed: list[Routed] = []  # kept for _isolate, should the store reject the batch
+    def _decode(
+        self,
+        messages: list[Message],
+        batch: Batch,
+        result: BatchResult,
+        offsets: Offsets,
+        routed: list[Routed],  # kept for _isolate, should the store reject the batch
+    ) -> None:
+        """Decode, validate and route `messages` into the batch; the watch sees each
+        one and its alerts leave at the end of the call, before the batch is stored."""
         for message in messages:
             error = message.error()
             if error is not None:
@@ -221,10 +249,6 @@ class Pipeline:
                 self.alerting.observe(decoded)
         if self.alerting is not None:
             self.alerting.emit()
-        result.rows = {name: batch.rows(name) for name in batch.names()}
-        self.metrics.batch_messages.observe(result.messages)
-        self.metrics.batch_rows.observe(sum(result.rows.values()))
-        return batch, result, offsets, routed
 
     def _dead_letter(self, batch: Batch, message: Message, value: bytes, exc: Exception) -> None:
         cols = batch.table("dead_letters")

@@ -60,6 +60,15 @@ def test_bad_config_value_is_one_clear_line(tmp_path: Path) -> None:
     assert "[collector] batch_max_messages: expected int, got 'many'" in result.output
 
 
+@pytest.mark.parametrize("key", ["poll_seconds", "batch_max_seconds"])
+def test_a_wait_of_zero_is_refused_by_name(tmp_path: Path, key: str) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f"[collector]\n{key} = 0\n")
+    result = CliRunner().invoke(collector_cli, ["--config", str(config), "config"])
+    assert result.exit_code != 0
+    assert f"[collector] {key} must be above 0, got 0" in result.output
+
+
 def test_unknown_config_key_is_named(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text("[spool]\nfsinc = true\n")

@@ -162,6 +162,41 @@ def test_spike_reaches_topic_table_and_webhook(
         api.stop()
 
 
+def test_alert_leaves_before_the_batch_window_ends(
+    kafka_bootstrap: str, ch_store: Store, receiver: Receiver
+) -> None:
+    """A batch may fill for batch_max_seconds, but what arrived is watched every
+    poll_seconds: the spike's alert is at the webhook while that batch is still
+    open (one 30 s consume would have held it for the whole window)."""
+    config, topic = training_topic(
+        kafka_bootstrap,
+        collector_batch_max_seconds=30.0,
+        collector_batch_max_messages=5000,
+        collector_poll_seconds=0.05,
+    )
+    run_id = f"slice-{time.time_ns()}"
+    messages = curve_messages(run_id, {"loss": _loss(1200, {1000: 2})})
+    produce(kafka_bootstrap, topic, [(run_id.encode(), m) for m in messages])
+    pipeline = _pipeline(config, ch_store, receiver.url)
+    results: list[Any] = []
+    stepping = threading.Thread(target=lambda: results.append(pipeline.step()))
+    stepping.start()
+    try:
+        _wait(lambda: any(b["state"] == "firing" for b in receiver.bodies), timeout=25.0)
+        assert stepping.is_alive(), "the batch window closed before the alert came"
+        assert pipeline.totals.messages == 0  # nothing of this batch stored yet
+    finally:
+        pipeline.stop_event.set()  # ends the window early: the batch in hand is kept
+        stepping.join(30)
+    assert not stepping.is_alive()
+    # this batch holds the curve and the alerts it raised (the collector reads that topic too)
+    assert results[0].rows["metrics"] == 1200 and results[0].rows["alerts"] == 2
+    assert pipeline.flush()
+    assert receiver.bodies[0]["step"] == 1000 and receiver.bodies[0]["run_id"] == run_id
+    pipeline.alerting.close()  # type: ignore[union-attr]
+    pipeline.consumer.close()
+
+
 def test_webhook_down_does_not_hold_ingestion(kafka_bootstrap: str, ch_store: Store) -> None:
     with socket.socket() as s:  # a port nobody listens on (yet)
         s.bind(("127.0.0.1", 0))

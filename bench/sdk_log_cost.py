@@ -210,7 +210,7 @@ def interleaved_overhead(
     sock: str,
     blocks: int = 60,
     block_steps: int = 400,
-    trim: int = 100,
+    trim: int = 150,
     hidden: int = 256,
     blas_threads: int | None = None,
 ) -> str:
@@ -219,7 +219,8 @@ def interleaved_overhead(
     One model and one open run; blocks of `block_steps` steps alternate
     between logging 20 metrics a step and not logging, in ABBA order. The
     first `trim` steps of every block are left out of its mean step time, so
-    the sender's last cycle for a logged block (it runs within 0.1 s) never
+    the sender's last cycle for a logged block (it runs within FLUSH_INTERVAL_S,
+    0.25 s; 150 steps of this loop take 0.35-0.5 s) never
     lands in the unlogged block after it, and every logged block is measured
     with its sender cycles in full. Each logged block is compared with the
     unlogged blocks on either side (about a second away: this VM's speed

@@ -131,7 +131,7 @@ class Run:
         here otherwise); names must be non-empty str (a point with another name
         is dropped by the sender, counted and warned about). A tensor-like value
         (`.item()`: torch, cupy, jax) is not read here, so logging never syncs
-        a device: the sender thread reads it within ~0.1 s, so do not change it
+        a device: the sender thread reads it within ~0.25 s, so do not change it
         in place after logging it (log `acc.clone()` for an accumulator).
         """
         if step is None:

@@ -49,7 +49,7 @@ class Later:
 
     Its `.item()` may wait for the device; it runs in the sender, so the
     training thread never syncs for a metric. The value is read when the
-    sender converts it (within ~0.1 s): a tensor modified in place after
+    sender converts it (within ~0.25 s): a tensor modified in place after
     `log` (an accumulator) reports its later value; log a fresh one
     (`loss.detach()`, `acc.clone()`).
     """

@@ -23,7 +23,7 @@ from typing import Any
 
 from agent.sdk import exit_hooks
 from agent.sdk.alerts import AlertWatch, stop_detectors
-from agent.sdk.client import Client
+from agent.sdk.client import WAKE_MASK, Client
 from agent.sdk.context import snapshot
 from agent.sdk.hashing import hash_path
 from agent.sdk.redact import REDACTED, looks_secret_key, redact_value
@@ -35,6 +35,7 @@ __all__ = ["STATUSES", "Run"]
 log = logging.getLogger("agent.sdk")  # the logger these messages had before the split
 
 STATUSES = frozenset({"finished", "failed", "killed"})
+_time_ns = time.time_ns  # one lookup less per log call
 
 
 class Run:
@@ -64,6 +65,8 @@ class Run:
         self.status: str | None = None
         self._last: dict[str, float] = {}
         self._steps = itertools.count()
+        self._resume: int | None = None  # the last explicit step, until a log without one
+        self._step_lock = threading.Lock()
         self._finished = False
         self._finish_lock = threading.Lock()
         self._warned_late = False
@@ -74,6 +77,10 @@ class Run:
             cwd = ""
         stream = f"run/{run_id}/rank{where.rank}" if attached else f"run/{run_id}"
         self._client = Client(run_id, socket_path, stream=stream)
+        # What log() touches, held here: each attribute hop through the client is a
+        # cache miss when log() runs right after a step that flushed the caches.
+        self._buf = self._client.buf
+        self._plain = self._client.PLAIN
         start = functools.partial(
             snapshot,
             run_id=run_id,
@@ -135,29 +142,38 @@ class Run:
         in place after logging it (log `acc.clone()` for an accumulator).
         """
         if step is None:
+            if self._resume is not None:
+                self._resume_steps()
             step = next(self._steps)  # atomic: safe from several threads
         else:
             if type(step) is not int:
                 step = step_number(step)
-            self._steps = itertools.count(step + 1)
+            self._resume = step
         if type(metrics) is dict:
             values = metrics.copy()  # the caller may reuse its dict for the next step
         elif isinstance(metrics, Mapping):
             values = dict(metrics)
         else:
             raise TypeError(f"metrics must be a mapping, not {type(metrics).__name__}")
-        client = self._client
         # one C-speed pass over the value types; anything but int/float/bool and numpy
         # scalars takes the slow path. Names are checked by the sender (a bad one is
         # dropped with a warning): checking them here would cost as much again.
-        if not client.PLAIN.issuperset(map(type, values.values())):
-            values = client.check(values)
+        if not self._plain.issuperset(map(type, values.values())):
+            values = self._client.check(values)
         if self._finished and self._late("log"):
             return
-        buf = client.buf
-        buf.append((step, time.time_ns(), values))  # atomic under the GIL: no lock
-        if not len(buf) & client.WAKE_MASK:
-            client.pressure()
+        buf = self._buf
+        buf.append((step, _time_ns(), values))  # atomic under the GIL: no lock
+        if not len(buf) & WAKE_MASK:
+            self._client.pressure()
+
+    def _resume_steps(self) -> None:
+        """After an explicit step, the default step continues from it (once, under a
+        lock: several threads may log without a step at the same moment)."""
+        with self._step_lock:
+            if self._resume is not None:
+                self._steps = itertools.count(self._resume + 1)
+                self._resume = None
 
     def log_checkpoint(
         self,

@@ -304,3 +304,31 @@ def test_a_forked_child_killed_leaves_the_parents_run_alone(agent: AgentStandIn)
     (finished,) = agent.events("RunFinished")
     assert finished["body"]["status"] == "finished"
     assert finished["body"]["summary"] == {"loss": 1.0}
+
+
+def test_default_steps_continue_from_the_last_explicit_one(agent: AgentStandIn) -> None:
+    """No step: the previous one + 1, from 0; after an explicit step, from it; and
+    threads logging without a step at once never share one."""
+    np = pytest.importorskip("numpy")
+    with traintrail.start_run("p", socket_path=agent.path) as run:
+        run.log({"a": 1.0})
+        run.log({"a": 2.0})
+        run.log({"a": 3.0}, step=10)
+        run.log({"a": 4.0})
+        run.log({"a": 5.0}, step=np.int64(20))
+        start = threading.Barrier(4)
+
+        def many() -> None:
+            start.wait()
+            for _ in range(500):
+                run.log({"b": 1.0})
+
+        threads = [threading.Thread(target=many) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert run.flush(30)
+    got = points(agent.events())
+    assert [s for s, name, _ in got if name == "a"] == [0, 1, 10, 11, 20]
+    assert sorted(s for s, name, _ in got if name == "b") == list(range(21, 2021))

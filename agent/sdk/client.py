@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 # The sender's cycle. Its cost is per wake-up (timer, GIL hand-offs, one send and
 # reply: 400-500 us of CPU a cycle on a 2-core VM, whatever it carries), so the
 # interval sets what an open run takes from training; it also adds to alert
-# latency (bench/alert_latency.py: p99 0.34 s to the alerts topic at 0.25 s).
+# latency (bench/alert_latency.py: p99 0.32 s to the alerts topic at 0.25 s).
 FLUSH_INTERVAL_S = 0.25
 ALERT_POLL_S = 0.25  # how often a run that watches its alerts asks the agent
 WAKE_MASK = 1023  # the training thread nudges the sender every 1024 buffered log calls

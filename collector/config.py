@@ -153,10 +153,10 @@ class CollectorConfig:
 
 def load_config(path: Path | None = None, **overrides: object) -> CollectorConfig:
     config = load_settings(CollectorConfig, path, overrides=overrides)
-    for name in ("collector_batch_max_seconds", "collector_poll_seconds"):
-        if not getattr(config, name) > 0:
-            section, _, key = name.partition("_")
-            raise SettingsError(f"[{section}] {key} must be above 0, got {getattr(config, name)}")
+    for key in ("batch_max_seconds", "poll_seconds"):
+        value = getattr(config, f"collector_{key}")
+        if not value > 0:
+            raise SettingsError(f"[collector] {key} must be above 0, got {value}")
     dsn = config.clickhouse_dsn
     if dsn.startswith("chdb://") and not dsn.startswith("chdb:///"):
         absolute = Path(dsn.removeprefix("chdb://")).resolve()

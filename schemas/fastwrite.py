@@ -6,7 +6,11 @@ cost about 60-80 µs to encode: ten times what librdkafka then spends taking
 the finished bytes. This module turns one parsed schema into straight-line
 Python source (one `if v is None` per nullable field, varints inlined for the
 small numbers telemetry is mostly made of) and compiles it once, which
-writes the same bytes in about a fifth of the time.
+writes the same bytes in about a fifth of the time. A run of required
+`bytes` fields (GpuSamples' 48 packed columns) is written with a few
+C-level calls for the whole run rather than a dozen bytecodes per field:
+one-tick GpuSamples 34 → 27 µs, sixty ticks 72 → 37 µs on the project's
+2-core VM.
 
 It covers the schema constructs this project's schemas use: records,
 arrays, maps, the primitives, and unions of null with one other type.
@@ -36,6 +40,8 @@ _INT64 = (-(2**63), 2**63)
 # the list entry.
 _INLINE_MAX = 2048
 _SMALL = bytes(((n << 1) ^ (n >> 63)) & 0xFF for n in range(-64, 64))
+# A run of this many required bytes fields is written column-wise (`_columns`).
+_RUN_MIN = 4
 
 
 class _Unsupported(Exception):
@@ -87,6 +93,17 @@ def _blob(v: bytes) -> bytes:
     return bytes(v)
 
 
+def _prefix(n: int) -> bytes:
+    """The Avro length prefix of a bytes value of `n` bytes (n >= 0)."""
+    out = bytearray()
+    _varint(out, n, *_INT64)
+    return bytes(out)
+
+
+# Length prefixes of 0..8191 bytes (one or two varint bytes), looked up by
+# length (a list's __getitem__: half the cost of a tuple's per call here).
+_PREFIX = [_prefix(n) for n in range(8192)].__getitem__
+
 _PACK_D = struct.Struct("<d").pack
 _PACK_F = struct.Struct("<f").pack
 
@@ -98,6 +115,9 @@ _HELPERS: dict[str, Any] = {
     "_float": _float,
     "_boolean": _boolean,
     "_blob": _blob,
+    "_BYTES": {bytes},
+    "_PREFIX": _PREFIX,
+    "_prefix": _prefix,
 }
 
 
@@ -209,18 +229,60 @@ def _union(src: _Source, indent: int, schema: list[Any], v: str) -> None:
 
 def _record(src: _Source, indent: int, schema: dict[str, Any], r: str) -> None:
     src.emit(indent, f"if not isinstance({r}, dict): raise TypeError('expected a record (dict)')")
-    for f in schema["fields"]:
-        v = src.var("f")
-        name = f["name"]
-        nullable = isinstance(f["type"], list) and "null" in f["type"]
-        if "default" in f:
-            # As fastavro: a missing field takes its default.
-            src.emit(indent, f"{v} = {r}.get({name!r}, {src.const(f['default'])})")
-        elif nullable:
-            src.emit(indent, f"{v} = {r}.get({name!r})")
-        else:
-            src.emit(indent, f"{v} = {r}[{name!r}]")
-        _value(src, indent, f["type"], v)
+    fields = schema["fields"]
+    i = 0
+    while i < len(fields):
+        run = _bytes_run(fields, i)
+        if len(run) >= _RUN_MIN:
+            _columns(src, indent, run, r)
+            i += len(run)
+            continue
+        _field(src, indent, fields[i], r)
+        i += 1
+
+
+def _field(src: _Source, indent: int, f: dict[str, Any], r: str) -> None:
+    v = src.var("f")
+    name = f["name"]
+    nullable = isinstance(f["type"], list) and "null" in f["type"]
+    if "default" in f:
+        # As fastavro: a missing field takes its default.
+        src.emit(indent, f"{v} = {r}.get({name!r}, {src.const(f['default'])})")
+    elif nullable:
+        src.emit(indent, f"{v} = {r}.get({name!r})")
+    else:
+        src.emit(indent, f"{v} = {r}[{name!r}]")
+    _value(src, indent, f["type"], v)
+
+
+def _bytes_run(fields: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
+    """The required plain `bytes` fields from `start` on, up to the first other one."""
+    run = []
+    for f in fields[start:]:
+        if f["type"] != "bytes" or "default" in f:
+            break
+        run.append(f)
+    return run
+
+
+def _columns(src: _Source, indent: int, run: list[dict[str, Any]], r: str) -> None:
+    """A run of required `bytes` fields (GpuSamples' packed columns) in a few
+    C-level calls instead of a dozen bytecodes per field: take them with one
+    itemgetter, look their length prefixes up, interleave, and leave them to
+    the final join. Anything but `bytes` values (a bytearray, a wrong type)
+    takes the field-by-field path, which copies or refuses them as fastavro."""
+    names = [f["name"] for f in run]
+    cols, pre, seq = src.var("c"), src.var("p"), src.var("s")
+    src.emit(indent, f"{cols} = {src.const(operator.itemgetter(*names))}({r})")
+    src.emit(indent, f"if set(map(type, {cols})) == _BYTES:")
+    src.emit(indent + 1, f"try: {pre} = list(map(_PREFIX, map(len, {cols})))")
+    src.emit(indent + 1, f"except IndexError: {pre} = [_prefix(len(x)) for x in {cols}]")
+    src.emit(indent + 1, f"{seq} = [b''] * {2 * len(run)}")
+    src.emit(indent + 1, f"{seq}[::2] = {pre}; {seq}[1::2] = {cols}")
+    src.emit(indent + 1, f"parts.append(out); parts += {seq}; out = bytearray()")
+    src.emit(indent, "else:")
+    for f in run:
+        _field(src, indent + 1, f, r)
 
 
 def compile_writer(schema: Any) -> Writer | None:

@@ -164,3 +164,40 @@ def test_lengths_of_every_varint_width_match_fastavro(size: int, kind: str) -> N
     if kind == "bytes":
         for view in (bytearray(value), memoryview(value)):
             assert write({"v": view}) == _fastavro(schema, {"v": bytes(view)})
+
+
+_COLUMNS = parse_schema(
+    {
+        "type": "record",
+        "name": "C",
+        "fields": [
+            {"name": "head", "type": "int"},
+            *({"name": f"c{i}", "type": "bytes"} for i in range(6)),
+            {"name": "tail", "type": "string"},
+        ],
+    },
+    named_schemas={},
+)
+
+
+@pytest.mark.parametrize("sizes", [[0] * 6, [1, 63, 64, 8191, 0, 5], [8192, 3, 200_000, 0, 64, 1]])
+def test_a_run_of_bytes_fields_matches_fastavro(sizes: list[int]) -> None:
+    """Six required bytes fields in a row are written column-wise (GpuSamples'
+    packed columns); lengths past the two-byte prefixes take the slow lookup."""
+    write = compile_writer(_COLUMNS)
+    assert write is not None
+    rec = {"head": 7, "tail": "t", **{f"c{i}": bytes([i]) * n for i, n in enumerate(sizes)}}
+    assert write(rec) == _fastavro(_COLUMNS, rec)
+    assert write(rec, b"\xc3\x01") == b"\xc3\x01" + _fastavro(_COLUMNS, rec)
+
+
+def test_a_run_with_one_other_buffer_falls_back_field_by_field() -> None:
+    write = compile_writer(_COLUMNS)
+    assert write is not None
+    rec: dict[str, Any] = {"head": 1, "tail": "", **{f"c{i}": b"ab" for i in range(6)}}
+    for view in (bytearray(b"xyz"), memoryview(b"xyz")):
+        assert write({**rec, "c3": view}) == _fastavro(_COLUMNS, {**rec, "c3": b"xyz"})
+    with pytest.raises(TypeError):
+        write({**rec, "c2": "not bytes"})
+    with pytest.raises(KeyError):
+        write({k: v for k, v in rec.items() if k != "c5"})

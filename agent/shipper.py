@@ -64,7 +64,7 @@ class Shipper:
         # callbacks while the thread still polls.
         self._delivered: deque[tuple[int, int, float]] = deque()
         for spool in self.spools:
-            spool.on_append = self._wake.set
+            spool.on_append = self._nudge
         self._producer = self._new_producer()
         self._thread = threading.Thread(target=self._run, name="shipper", daemon=True)
 
@@ -76,6 +76,14 @@ class Shipper:
             extra=dict(self.producer_extra),
             on_error=self._on_error,
         )
+
+    def _nudge(self) -> None:
+        # Event.set takes a lock and notifies every time; while the thread is
+        # busy producing the flag stays set and there is no one to wake. The
+        # record is in the spool before this check, and the thread clears the
+        # flag before it reads, so a set flag means a read is still to come.
+        if not self._wake.is_set():
+            self._wake.set()
 
     def start(self) -> None:
         self._cursors = [spool.first_rid() for spool in self.spools]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 
 from agent.shipper import Shipper
@@ -19,7 +20,7 @@ def test_reports_settled_from_two_threads_ack_each_record_once(tmp_path: Path) -
     rids = spool.append([("t.training", b"k", b"v%05d" % i) for i in range(20_000)])
     records, _ = spool.read(0, len(rids))
     shipper = Shipper([spool], bootstrap="127.0.0.1:9")  # never connects: no poll here
-    callbacks = [shipper._callback(0, r, 0.0) for r in records]
+    callbacks = [partial(shipper._on_delivery, 0, r, 0.0) for r in records]
 
     def report(part: list) -> None:  # type: ignore[type-arg]
         for i, callback in enumerate(part):

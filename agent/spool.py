@@ -35,7 +35,7 @@ from typing import BinaryIO, Literal, NamedTuple
 import structlog
 
 from agent.errors import SpoolError, SpoolFullError
-from agent.frames import frame, frames, read_frames, unframe
+from agent.frames import frame, frames, read_unframed
 from agent.syncer import IntervalSync
 
 __all__ = ["Overflow", "Record", "Spool", "SpoolStats"]
@@ -43,6 +43,8 @@ __all__ = ["Overflow", "Record", "Spool", "SpoolStats"]
 log = structlog.get_logger("traintrail.spool")
 
 Overflow = Literal["refuse", "drop_oldest"]
+
+_MIN_READ = 64 * 1024  # the least a disk read of records asks for
 
 
 class Record(NamedTuple):
@@ -329,20 +331,24 @@ class Spool:
             if seg is None:
                 return [], cursor
             path, size, first, acked = seg.path, seg.size, seg.first_rid, set(seg.acked)
+            # Read about what `max_records` take (not a whole chunk of small records)
+            want = max(_MIN_READ, size // max(seg.count, 1) * max_records * 5 // 4)
         hint = self._read_hint
-        rid, offset = first, 0
+        rid, pos = first, 0
         if hint is not None and hint[1] == path and hint[0] <= cursor:
-            rid, offset = hint[0], hint[2]
+            rid, pos = hint[0], hint[2]
         records: list[Record] = []
-        pos = offset
         try:
             with path.open("rb") as fh:
-                for end, payload in read_frames(fh, offset, size):
-                    if rid >= cursor and rid not in acked:
-                        records.append(Record(rid, *unframe(payload)))
-                    rid, pos = rid + 1, end
-                    if len(records) >= max_records:
-                        break
+                while len(records) < max_records and pos < size:
+                    items, end = read_unframed(fh, pos, size, max_records - len(records), want)
+                    if not items:
+                        break  # a damaged frame: nothing after it can be trusted
+                    for topic, key, value in items:
+                        if rid >= cursor and rid not in acked:
+                            records.append(Record(rid, topic, key, value))
+                        rid += 1
+                    pos = end
         except FileNotFoundError:
             return [], cursor  # dropped or trimmed meanwhile; the next read moves on
         self._read_hint = (rid, path, pos)

@@ -8,7 +8,10 @@ peak RSS from /proc. Part 2 measures events/s through the agent's whole path
 (envelope, Avro encode, spool append with fsync per batch, produce, delivery
 report, trim) next to a plain confluent-kafka producer sending the same
 pre-encoded bytes with the same settings, in the same run, and the shipper
-alone draining those bytes from a spool (a backlog after an outage).
+alone draining those bytes from a spool (a backlog after an outage). For
+each shape it also prints the CPU per message of every thread, the agent's
+(ingest, shipper, librdkafka's) and the raw producer's (its produce loop,
+librdkafka's): where the agent's extra time goes.
 
 Two GPU shapes: one tick of 8 GPUs per GpuSamples message (the default) and
 60 ticks per message (`[gpu] ticks_per_message = 60`); the SDK's Metrics
@@ -25,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -136,14 +140,39 @@ def metrics_events(n: int) -> tuple[list[dict[str, Any]], int]:
 
 
 Sent = list[tuple[str, bytes, bytes]]
+# µs of CPU per message by thread role, one entry per round
+CpuSplit = dict[str, list[float]]
+
+
+def _thread_cpu() -> dict[int, float]:
+    return {t.id: t.user_time + t.system_time for t in psutil.Process().threads()}
+
+
+def _note_cpu(cpu: CpuSplit, before: dict[int, float], n: int, roles: dict[str, str]) -> None:
+    """Add this round's CPU per message by thread to `cpu`: threads named in
+    `roles` (thread name -> role) under their role, every other thread of the
+    process (librdkafka's own) as "<prefix>librdkafka"."""
+    after = _thread_cpu()
+    by_id = {t.native_id: roles.get(t.name, "") for t in threading.enumerate()}
+    prefix = roles.get("", "")
+    split: dict[str, float] = {}
+    for tid, seconds in after.items():
+        role = by_id.get(tid) or f"{prefix}librdkafka"
+        split[role] = split.get(role, 0.0) + (seconds - before.get(tid, 0.0)) / n * 1e6
+    for role, micros in split.items():
+        cpu.setdefault(role, []).append(micros)
 
 
 def through_agent(
-    bootstrap_servers: str, events: list[dict[str, Any]], batch: int, fsync_interval: float = 0.0
+    bootstrap_servers: str,
+    events: list[dict[str, Any]],
+    batch: int,
+    fsync_interval: float = 0.0,
+    cpu: CpuSplit | None = None,
 ) -> tuple[float, Sent]:
     """Messages/s through ingest → spool (fsync per batch, or every
     `fsync_interval` s) → shipper → acked and trimmed, and the (topic, key,
-    value) the agent sent."""
+    value) the agent sent; with `cpu`, each thread's CPU per message."""
     from agent.envelope import Chain
     from agent.ingest import Ingest
     from agent.shipper import Shipper
@@ -173,13 +202,24 @@ def through_agent(
         shipper = Shipper([critical, samples], bootstrap=bootstrap_servers)
         ingest = Ingest(Chain(), critical, samples, default_registry(), "bench", prefix)
         shipper.start()
+        before = _thread_cpu()
         t0 = time.perf_counter()
         for i in range(0, n, batch):
             ingest.accept(events[i : i + batch])
         while shipper.stats.delivered < n:
             time.sleep(0.001)
         agent_rate = n / (time.perf_counter() - t0)
+        if cpu is not None:
+            roles = {
+                "MainThread": "agent ingest",
+                "shipper": "agent shipper",
+                "fsync-c": "agent fsync thread",
+                "": "agent ",
+            }
+            _note_cpu(cpu, before, n, roles)
         shipper.stop(10)
+        critical.close()  # and its fsync thread, if any
+        samples.close()
     return agent_rate, sent
 
 
@@ -202,16 +242,19 @@ def drain(bootstrap_servers: str, sent: Sent) -> float:
             time.sleep(0.001)
         rate = len(sent) / (time.perf_counter() - t0)
         shipper.stop(10)
+        samples.close()
     return rate
 
 
-def raw_produce(bootstrap_servers: str, sent: Sent) -> float:
-    """Messages/s of a plain producer sending the same bytes, same settings."""
+def raw_produce(bootstrap_servers: str, sent: Sent, cpu: CpuSplit | None = None) -> float:
+    """Messages/s of a plain producer sending the same bytes, same settings;
+    with `cpu`, its threads' CPU per message."""
     from confluent_kafka import Producer
 
     from agent.producer import producer_settings
 
     producer = Producer(producer_settings(bootstrap_servers, "lz4", 5))
+    before = _thread_cpu()
     t0 = time.perf_counter()
     for topic, key, value in sent:
         while True:
@@ -222,7 +265,10 @@ def raw_produce(bootstrap_servers: str, sent: Sent) -> float:
                 producer.poll(0.05)
         producer.poll(0)
     producer.flush(60)
-    return len(sent) / (time.perf_counter() - t0)
+    rate = len(sent) / (time.perf_counter() - t0)
+    if cpu is not None:
+        _note_cpu(cpu, before, len(sent), {"MainThread": "raw produce loop", "": "raw "})
+    return rate
 
 
 def compare(
@@ -231,18 +277,22 @@ def compare(
     batch: int,
     rounds: int,
     fsync_interval: float = 0.0,
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, dict[str, float]]:
     """Median messages/s of the agent, of the raw producer and of the
     agent's backlog drain over `rounds` alternating rounds (agent, raw,
     drain, agent...): this VM's speed drifts by tens of percent between
-    minutes, so one pair alone can mislead."""
+    minutes, so one pair alone can mislead. And the median CPU per message
+    of each thread of the agent and of the raw producer: where the
+    difference goes."""
     agent, raw, drained = [], [], []
+    cpu: CpuSplit = {}
     for _ in range(rounds):
-        rate, sent = through_agent(bootstrap_servers, events, batch, fsync_interval)
+        rate, sent = through_agent(bootstrap_servers, events, batch, fsync_interval, cpu)
         agent.append(rate)
-        raw.append(raw_produce(bootstrap_servers, sent))
+        raw.append(raw_produce(bootstrap_servers, sent, cpu))
         drained.append(drain(bootstrap_servers, sent))
-    return statistics.median(agent), statistics.median(raw), statistics.median(drained)
+    split = {role: statistics.median(v) for role, v in cpu.items()}
+    return statistics.median(agent), statistics.median(raw), statistics.median(drained), split
 
 
 def encode_only(n: int = 5000) -> dict[str, float]:
@@ -284,28 +334,23 @@ def main() -> None:
     servers = bootstrap()
     over = overhead(servers, duration)
     met_events, points = metrics_events(n_metrics)
-    met_agent, met_raw, met_drain = compare(servers, met_events, 1, 3)
+    rows = [(f"Metrics, {points:,} points/message", *compare(servers, met_events, 1, 3), points)]
     # The same with `[spool] fsync_interval_ms = 100` (the option for SDK floods)
-    lazy_agent, lazy_raw, lazy_drain = compare(servers, met_events, 1, 3, fsync_interval=0.1)
+    lazy = compare(servers, met_events, 1, 3, fsync_interval=0.1)
+    rows.append(("Metrics, fsync_interval_ms = 100", *lazy, points))
     del met_events
-    gpu_rows = []
     for ticks, messages in ((1, n), (60, max(1, n // 20))):
         events, per = gpu_events(messages, ticks)
-        gpu_agent, gpu_raw, gpu_drain = compare(servers, events, 1, 3)
-        del events
         label = f"GpuSamples, {ticks} tick(s) x {GPUS} GPUs = {per} samples/message"
-        gpu_rows.append((label, gpu_agent, gpu_raw, gpu_drain, per))
+        rows.insert(len(rows) - 2, (label, *compare(servers, events, 1, 3), per))
+        del events
     w = 58
     print()
     print(f"{'measure':<{w}} {'value':>12}  target")
     cpu = "agent CPU, 8 GPUs + host at 1 Hz (% of one core)"
     print(f"{cpu:<{w}} {over['cpu_pct']:>11.2f}%  < 1 %")
     print(f"{'agent peak RSS (MB)':<{w}} {over['rss_mb']:>12.1f}  < 80 MB")
-    metrics_rows = [
-        (f"Metrics, {points:,} points/message", met_agent, met_raw, met_drain, points),
-        ("Metrics, fsync_interval_ms = 100", lazy_agent, lazy_raw, lazy_drain, points),
-    ]
-    for label, agent, raw, drained, per in [*gpu_rows, *metrics_rows]:
+    for label, agent, raw, drained, split, per in rows:
         print(f"{label}:")
         print(f"{'  agent ingest+spool+deliver, messages/s':<{w}} {agent:>12,.0f}")
         print(f"{'  raw confluent-kafka produce of the same bytes, messages/s':<{w}} {raw:>12,.0f}")
@@ -314,6 +359,8 @@ def main() -> None:
         print(f"{'  agent / raw':<{w}} {agent / raw:>12.2f}  >= 0.5")
         print(f"{'  agent draining a spooled backlog, messages/s':<{w}} {drained:>12,.0f}")
         print(f"{'  drain / raw':<{w}} {drained / raw:>12.2f}")
+        threads = ", ".join(f"{role} {micros:,.1f}" for role, micros in split.items())
+        print(f"  CPU per message by thread (µs): {threads}")
     for kind, micros in encode_only().items():
         print(f"{'encode alone, ' + kind + ' (µs/message)':<{w}} {micros:>12.1f}")
     print(f"{'GPU source packing one tick of 8 GPUs (µs)':<{w}} {pack_only():>12.1f}")

@@ -148,16 +148,17 @@ def _thread_cpu() -> dict[int, float]:
     return {t.id: t.user_time + t.system_time for t in psutil.Process().threads()}
 
 
-def _note_cpu(cpu: CpuSplit, before: dict[int, float], n: int, roles: dict[str, str]) -> None:
+def _note_cpu(
+    cpu: CpuSplit, before: dict[int, float], n: int, roles: dict[str, str], other: str
+) -> None:
     """Add this round's CPU per message by thread to `cpu`: threads named in
     `roles` (thread name -> role) under their role, every other thread of the
-    process (librdkafka's own) as "<prefix>librdkafka"."""
+    process (librdkafka's own) under `other`."""
     after = _thread_cpu()
-    by_id = {t.native_id: roles.get(t.name, "") for t in threading.enumerate()}
-    prefix = roles.get("", "")
+    by_id = {t.native_id: roles[t.name] for t in threading.enumerate() if t.name in roles}
     split: dict[str, float] = {}
     for tid, seconds in after.items():
-        role = by_id.get(tid) or f"{prefix}librdkafka"
+        role = by_id.get(tid, other)
         split[role] = split.get(role, 0.0) + (seconds - before.get(tid, 0.0)) / n * 1e6
     for role, micros in split.items():
         cpu.setdefault(role, []).append(micros)
@@ -214,9 +215,8 @@ def through_agent(
                 "MainThread": "agent ingest",
                 "shipper": "agent shipper",
                 "fsync-c": "agent fsync thread",
-                "": "agent ",
             }
-            _note_cpu(cpu, before, n, roles)
+            _note_cpu(cpu, before, n, roles, "agent librdkafka")
         shipper.stop(10)
         critical.close()  # and its fsync thread, if any
         samples.close()
@@ -267,7 +267,7 @@ def raw_produce(bootstrap_servers: str, sent: Sent, cpu: CpuSplit | None = None)
     producer.flush(60)
     rate = len(sent) / (time.perf_counter() - t0)
     if cpu is not None:
-        _note_cpu(cpu, before, len(sent), {"MainThread": "raw produce loop", "": "raw "})
+        _note_cpu(cpu, before, len(sent), {"MainThread": "raw produce loop"}, "raw librdkafka")
     return rate
 
 

@@ -1,8 +1,9 @@
 """The agent's Kafka producer: idempotent, acks=all, never gives up on its own.
 
-Connects lazily (creating one never touches the network). Delivery reports
-come back through the callback given to `produce`; the caller trims its
-spool only on success. `message.timeout.ms=0` means librdkafka retries a
+Connects lazily (creating one never touches the network). The caller
+produces on `producer` itself (one call per message, no wrapper in between:
+agent/shipper.py) with a delivery callback, and trims its spool only on
+success. `message.timeout.ms=0` means librdkafka retries a
 message until it is delivered, so a Kafka outage of any length ends with
 delivery, in order, without duplicates from the producer itself.
 """
@@ -12,11 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Producer
 
-__all__ = ["DeliveryCallback", "KafkaProducer", "producer_settings"]
-
-DeliveryCallback = Callable[[KafkaError | None, Message], None]
+__all__ = ["KafkaProducer", "producer_settings"]
 
 
 def producer_settings(bootstrap: str, compression: str, linger_ms: int) -> dict[str, Any]:
@@ -53,13 +52,11 @@ class KafkaProducer:
 
     @property
     def producer(self) -> Producer:
+        """The librdkafka producer, created on first use; its `produce`
+        raises BufferError when librdkafka's queue is full."""
         if self._producer is None:
             self._producer = Producer(self._settings)
         return self._producer
-
-    def produce(self, topic: str, key: bytes, value: bytes, on_delivery: DeliveryCallback) -> None:
-        """Queue one message; raises BufferError when librdkafka's queue is full."""
-        self.producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
 
     def poll(self, timeout: float = 0.0) -> int:
         return int(self.producer.poll(timeout))

@@ -11,7 +11,13 @@ COPY pyproject.toml README* ./
 COPY schemas ./schemas
 COPY agent ./agent
 COPY collector ./collector
-RUN pip install ".[collector,agent]" \
+# gcc builds the agent's C Avro writer (schemas/_avrowrite.c) and leaves again;
+# without it the install still succeeds and encodes in Python, about 5x slower.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && pip install ".[collector,agent]" \
+ && apt-get purge -y --auto-remove gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/traintrail traintrail \
  && mkdir -p /run/traintrail /var/lib/traintrail \
  && chown traintrail:traintrail /run/traintrail /var/lib/traintrail

@@ -89,6 +89,7 @@ def _status_text(st: dict[str, Any]) -> str:
         f"failed {k['failed']}, last delivery "
         + (f"{time.time() - last:.1f} s ago" if last else "never"),
         f"events    accepted {st['events']['accepted']}, refused {st['events']['refused']}",
+        f"encoder   {st.get('avro_writer', 'unknown')}",
     ]
     for name, sp in st["spools"].items():
         lines.append(

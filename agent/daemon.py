@@ -35,6 +35,7 @@ from agent.sources.sdk_socket import SdkSocketServer, unpack_columns
 from agent.spool import Spool
 from schemas import SchemaError, decode, default_registry, event_hash
 from schemas.logs import configure_logging
+from schemas.nativewrite import describe
 from schemas.topics import SDK_TYPES
 
 __all__ = ["Agent", "build_sources", "import_sdk_spools"]
@@ -168,6 +169,7 @@ class Agent:
         waiting = self.critical.open() + self.samples.open()
         self._recover_chain()
         log.info("spool checked", records_waiting=waiting, streams=len(self.chain.links))
+        log.info("avro writer", writer=describe())
         self.shipper.start()
         self._import_sdk_spools()
         if self.config.sdk_spool_scan_s > 0:

@@ -22,6 +22,7 @@ from agent.ingest import Ingest
 from agent.shipper import Shipper
 from agent.sources.base import Source
 from agent.spool import Spool
+from schemas.nativewrite import describe
 
 __all__ = ["StatusServer", "status"]
 
@@ -41,6 +42,7 @@ def status(
         "node": node,
         "uptime_s": round(time.time() - started, 1),
         "events": {"accepted": ingest.accepted, "refused": ingest.refused},
+        "avro_writer": describe(),
         "spools": {name: asdict(spool.stats()) for name, spool in spools.items()},
         "kafka": {
             "up": s.broker_down_since is None,

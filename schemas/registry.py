@@ -21,6 +21,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from schemas.errors import UnknownFingerprintError, UnknownSchemaError
 from schemas.fastwrite import Writer, compile_writer
+from schemas.nativewrite import native_writer
 
 __all__ = ["AVRO_DIR", "Registry", "SchemaVersion", "default_registry"]
 
@@ -37,7 +38,8 @@ class SchemaVersion:
     fingerprint: bytes
     parsed: Any
     path: Path
-    # The compiled writer (schemas/fastwrite.py); None: fastavro writes this one.
+    # The C writer (schemas/nativewrite.py) or else the generated Python one
+    # (schemas/fastwrite.py); None: fastavro writes this one.
     write: Writer | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -72,7 +74,8 @@ class Registry:
         # single-object encoding puts after C3 01.
         fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
         _bytes_defaults(parsed)  # after the fingerprint: defaults are not in the canonical form
-        entry = SchemaVersion(name, version, fp, parsed, path, compile_writer(parsed))
+        write = native_writer(parsed) or compile_writer(parsed)
+        entry = SchemaVersion(name, version, fp, parsed, path, write)
         self.versions.setdefault(name, []).append(entry)
         self.versions[name].sort(key=lambda v: v.version)
         self.by_fingerprint[fp] = entry

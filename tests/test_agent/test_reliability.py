@@ -24,6 +24,7 @@ import pytest
 
 from agent.spool import Spool
 from schemas import decode, default_registry
+from schemas.nativewrite import describe
 from tests.fixtures.kafka import KAFKA_SH, _free_port_pair
 from tests.procs import AgentProc, CollectorProc, send_batch, stack_env, wait_for
 from tests.samples import body, packed_points
@@ -279,6 +280,7 @@ def test_spool_at_its_limit(tmp_path: Path, broker: PrivateKafka) -> None:
     )
     st = _status(agent)
     assert st["events"]["refused"] >= 1
+    assert st["avro_writer"] == describe()  # which encoder runs is visible
     assert st["spools"]["critical"]["bytes"] <= 20000
     assert st["spools"]["samples"]["bytes"] <= 20000
     metrics_url = agent.url()

@@ -1,4 +1,7 @@
-"""The compiled writers write exactly fastavro's bytes, and refuse what it refuses."""
+"""The compiled writers write exactly fastavro's bytes, and refuse what it refuses.
+
+Every test runs against both writers: the generated Python one (fastwrite)
+and the C one (nativewrite), when the extension is built."""
 
 from __future__ import annotations
 
@@ -12,12 +15,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import EncodeError, default_registry, encode
-from schemas.fastwrite import compile_writer
+from schemas.fastwrite import Writer, compile_writer
+from schemas.nativewrite import AVAILABLE, native_writer
 from schemas.registry import SchemaVersion
 from schemas.topics import TOPIC_OF
 from tests.samples import record
 
 ALL_VERSIONS = [v for vs in default_registry().versions.values() for v in vs]
+
+IMPLS = [
+    "python",
+    pytest.param("c", marks=pytest.mark.skipif(not AVAILABLE, reason="C writer not built")),
+]
+
+
+def _writer(impl: str, schema: Any) -> Writer:
+    write = compile_writer(schema) if impl == "python" else native_writer(schema)
+    assert write is not None
+    return write
 
 
 def _fastavro(schema: Any, rec: dict[str, Any]) -> bytes:
@@ -60,34 +75,35 @@ def test_every_schema_version_compiles() -> None:
     assert not missing, f"left to fastavro: {missing}"
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("kind", sorted(TOPIC_OF))
-def test_sample_records_match_fastavro(kind: str) -> None:
+def test_sample_records_match_fastavro(kind: str, impl: str) -> None:
     schema = default_registry().current(kind)
     rec = record(kind)
-    assert schema.write is not None
-    assert schema.write(rec) == _fastavro(schema.parsed, rec)
+    assert _writer(impl, schema.parsed)(rec) == _fastavro(schema.parsed, rec)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("version", ALL_VERSIONS, ids=lambda v: f"{v.name}-v{v.version}")
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
-def test_generated_records_match_fastavro(version: SchemaVersion, data: st.DataObject) -> None:
+def test_generated_records_match_fastavro(
+    version: SchemaVersion, impl: str, data: st.DataObject
+) -> None:
     rec = data.draw(_values(version.parsed))
-    assert version.write is not None
-    assert version.write(rec) == _fastavro(version.parsed, rec)
+    assert _writer(impl, version.parsed)(rec) == _fastavro(version.parsed, rec)
 
 
-def test_missing_fields_take_defaults_and_nulls_as_fastavro() -> None:
+@pytest.mark.parametrize("impl", IMPLS)
+def test_missing_fields_take_defaults_and_nulls_as_fastavro(impl: str) -> None:
     schema = default_registry().current("Metrics")
     rec = record("Metrics")
     for name in ("step", "time_us", "name_idx", "value", "step_le", "value_le"):
         rec.pop(name, None)
-    assert schema.write is not None
-    assert schema.write(rec) == _fastavro(schema.parsed, rec)
+    assert _writer(impl, schema.parsed)(rec) == _fastavro(schema.parsed, rec)
     gpu = default_registry().current("GpuSample")
     sparse = {k: v for k, v in record("GpuSample").items() if not k.startswith("violation")}
-    assert gpu.write is not None
-    assert gpu.write(sparse) == _fastavro(gpu.parsed, sparse)
+    assert _writer(impl, gpu.parsed)(sparse) == _fastavro(gpu.parsed, sparse)
 
 
 @pytest.mark.parametrize(
@@ -108,6 +124,11 @@ def test_bad_values_are_encode_errors(field: str, bad: Any) -> None:
     rec[field] = bad
     with pytest.raises(EncodeError, match="GpuSample"):
         encode(default_registry(), "GpuSample", rec)
+    # and both writers raise one of the errors the codec turns into EncodeError
+    for impl in ("python", "c") if AVAILABLE else ("python",):
+        write = _writer(impl, default_registry().current("GpuSample").parsed)
+        with pytest.raises((TypeError, KeyError, AttributeError, ValueError, OverflowError)):
+            write(rec)
 
 
 def test_missing_required_field_is_an_encode_error() -> None:
@@ -117,13 +138,13 @@ def test_missing_required_field_is_an_encode_error() -> None:
         encode(default_registry(), "GpuSample", rec)
 
 
-def test_numpy_scalars_write_as_python_numbers() -> None:
+@pytest.mark.parametrize("impl", IMPLS)
+def test_numpy_scalars_write_as_python_numbers(impl: str) -> None:
     np = pytest.importorskip("numpy")
-    gpu = default_registry().current("GpuSample")
+    write = _writer(impl, default_registry().current("GpuSample").parsed)
     rec = record("GpuSample")
     as_numpy = {**rec, "memory_used_bytes": np.int64(10), "power_w": np.float64(300.5)}
-    assert gpu.write is not None
-    assert gpu.write(as_numpy) == gpu.write({**rec, "memory_used_bytes": 10, "power_w": 300.5})
+    assert write(as_numpy) == write({**rec, "memory_used_bytes": 10, "power_w": 300.5})
 
 
 def test_unsupported_constructs_are_left_to_fastavro() -> None:
@@ -141,24 +162,27 @@ def test_unsupported_constructs_are_left_to_fastavro() -> None:
     )
     assert compile_writer(enum) is None
     assert compile_writer(two_branches) is None
+    assert native_writer(enum) is None
+    assert native_writer(two_branches) is None
 
 
-def test_nan_and_infinity_keep_their_bits() -> None:
+@pytest.mark.parametrize("impl", IMPLS)
+def test_nan_and_infinity_keep_their_bits(impl: str) -> None:
     gpu = default_registry().current("GpuSample")
-    assert gpu.write is not None
+    write = _writer(impl, gpu.parsed)
     for v in (math.nan, math.inf, -math.inf, -0.0):
         rec = {**record("GpuSample"), "power_w": v}
-        assert gpu.write(rec) == _fastavro(gpu.parsed, rec)
+        assert write(rec) == _fastavro(gpu.parsed, rec)
 
 
 @pytest.mark.parametrize("size", [0, 63, 64, 127, 128, 8191, 8192, 16384, 200_000])
 @pytest.mark.parametrize("kind", ["bytes", "string"])
-def test_lengths_of_every_varint_width_match_fastavro(size: int, kind: str) -> None:
+@pytest.mark.parametrize("impl", IMPLS)
+def test_lengths_of_every_varint_width_match_fastavro(size: int, kind: str, impl: str) -> None:
     """One, two (the packed columns of a few samples) and more length bytes;
     bytearray and memoryview values are copied, bytes taken as they are."""
     schema = parse_schema({"type": "record", "name": "L", "fields": [{"name": "v", "type": kind}]})
-    write = compile_writer(schema)
-    assert write is not None
+    write = _writer(impl, schema)
     value: Any = "é" * (size // 2) + "x" * (size % 2) if kind == "string" else b"\x07" * size
     assert write({"v": value}) == _fastavro(schema, {"v": value})
     if kind == "bytes":
@@ -180,20 +204,20 @@ _COLUMNS = parse_schema(
 )
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("sizes", [[0] * 6, [1, 63, 64, 8191, 0, 5], [8192, 3, 200_000, 0, 64, 1]])
-def test_a_run_of_bytes_fields_matches_fastavro(sizes: list[int]) -> None:
+def test_a_run_of_bytes_fields_matches_fastavro(sizes: list[int], impl: str) -> None:
     """Six required bytes fields in a row are written column-wise (GpuSamples'
     packed columns); lengths past the two-byte prefixes take the slow lookup."""
-    write = compile_writer(_COLUMNS)
-    assert write is not None
+    write = _writer(impl, _COLUMNS)
     rec = {"head": 7, "tail": "t", **{f"c{i}": bytes([i]) * n for i, n in enumerate(sizes)}}
     assert write(rec) == _fastavro(_COLUMNS, rec)
     assert write(rec, b"\xc3\x01") == b"\xc3\x01" + _fastavro(_COLUMNS, rec)
 
 
-def test_a_run_with_one_other_buffer_falls_back_field_by_field() -> None:
-    write = compile_writer(_COLUMNS)
-    assert write is not None
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_run_with_one_other_buffer_falls_back_field_by_field(impl: str) -> None:
+    write = _writer(impl, _COLUMNS)
     rec: dict[str, Any] = {"head": 1, "tail": "", **{f"c{i}": b"ab" for i in range(6)}}
     for view in (bytearray(b"xyz"), memoryview(b"xyz")):
         assert write({**rec, "c3": view}) == _fastavro(_COLUMNS, {**rec, "c3": b"xyz"})

@@ -1,0 +1,118 @@
+"""The C writer: built where a compiler is, chosen by the registry, switchable
+off, and neither leaking nor crashing on bad input. Its bytes are checked
+against fastavro in test_fastwrite.py, with the Python writer's."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from fastavro import parse_schema
+
+from schemas import default_registry
+from schemas.fastwrite import compile_writer
+from schemas.nativewrite import AVAILABLE, DISABLE_ENV, Unsupported, native_writer, program
+from schemas.registry import Registry
+from tests.samples import record
+
+needs_c = pytest.mark.skipif(not AVAILABLE, reason="C writer not built")
+
+
+def test_the_extension_is_built_where_a_compiler_is() -> None:
+    """`pip install` builds it; optional only so that a machine without a
+    compiler still installs. Here a compiler means it must have been built."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler on this machine")
+    assert AVAILABLE, "schemas._avrowrite was not built: see the pip install log"
+
+
+@needs_c
+def test_the_registry_uses_it_and_the_environment_turns_it_off() -> None:
+    assert type(Registry.load().current("GpuSamples").write).__name__ == "Writer"
+    code = (
+        "from schemas.registry import Registry;"
+        "print(type(Registry.load().current('GpuSamples').write).__name__)"
+    )
+    env = {DISABLE_ENV: "1", "PATH": ""}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "function"  # fastwrite's generated writer
+
+
+def test_program_mirrors_the_schema() -> None:
+    schema = parse_schema(
+        {
+            "type": "record",
+            "name": "P",
+            "fields": [
+                {"name": "a", "type": "long"},
+                {"name": "b", "type": ["null", "string"]},
+                {"name": "c", "type": {"type": "array", "items": "double"}, "default": []},
+                {"name": "d", "type": {"type": "map", "values": "bytes"}},
+            ],
+        },
+        named_schemas={},
+    )
+    assert program(schema) == (
+        8,
+        (
+            ("a", 0, None, (3,)),
+            ("b", 1, None, (11, 0, (6,))),
+            ("c", 2, [], (9, (5,))),
+            ("d", 0, None, (10, (7,))),
+        ),
+    )
+    with pytest.raises(Unsupported):
+        program({"type": "enum", "name": "E", "symbols": ["A"]})
+
+
+@needs_c
+@pytest.mark.parametrize(
+    "bad",
+    [(), (99,), (8, "fields"), (8, (("a", 7, None, (3,)),)), (11, 2, (3,)), (3,), [8, ()]],
+)
+def test_a_bad_program_is_a_clear_error(bad: Any) -> None:
+    from schemas._avrowrite import Writer
+
+    with pytest.raises((ValueError, TypeError)):
+        Writer(bad)
+
+
+@needs_c
+def test_no_references_leak_on_success_or_failure() -> None:
+    """Every value the writer touches, and every record it refuses half-way,
+    keeps its reference count: a leak in C would grow the agent without bound."""
+    gpu = default_registry().current("GpuSamples")
+    write = native_writer(gpu.parsed)
+    assert write is not None
+    from bench.agent_overhead import gpu_events
+
+    (ev,), _ = gpu_events(1, 1)
+    rec = {**ev["body"], "envelope": record("GpuSamples")["envelope"]}
+    column = next(v for v in rec.values() if isinstance(v, bytes) and len(v) > 8)
+    bad = {**rec, "envelope": {**rec["envelope"], "seq": "not a number"}}
+    before = (sys.getrefcount(rec), sys.getrefcount(column), sys.getrefcount(bad))
+    for _ in range(1000):
+        write(rec, gpu.head)
+        with pytest.raises(TypeError):
+            write(bad, gpu.head)
+    assert (sys.getrefcount(rec), sys.getrefcount(column), sys.getrefcount(bad)) == before
+
+
+@needs_c
+def test_outputs_of_every_size_in_a_row_match() -> None:
+    """The writer sizes its buffer from the last record: a small record after
+    a large one, and a large one after a small, come out whole."""
+    schema = parse_schema(
+        {"type": "record", "name": "S", "fields": [{"name": "v", "type": "bytes"}]},
+        named_schemas={},
+    )
+    c, py = native_writer(schema), compile_writer(schema)
+    assert c is not None and py is not None
+    for size in (0, 300_000, 1, 5000, 0, 2_000_000, 17):
+        rec = {"v": bytes(range(256)) * (size // 256) + b"x" * (size % 256)}
+        assert c(rec, b"head") == py(rec, b"head")

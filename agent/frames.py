@@ -10,6 +10,7 @@ can be trusted to be a frame boundary.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -30,13 +31,20 @@ _MAX_PAYLOAD = 64 * 1024 * 1024
 READ_CHUNK = 4 * 1024 * 1024
 
 
+@functools.lru_cache(maxsize=4096)
+def _prefix(topic: str, key: bytes) -> tuple[bytes, int]:
+    """The payload's topic and key part and its CRC: a node writes the same
+    few streams' pairs over and over, so each is built and checksummed once."""
+    t = topic.encode()
+    prefix = _U16.pack(len(t)) + t + _U16.pack(len(key)) + key
+    return prefix, crc32(prefix)
+
+
 def frame(topic: str, key: bytes, value: bytes) -> tuple[bytes, bytes]:
     """The frame as (header and prefix, value): a value of megabytes is
     checksummed and written where it is, never copied into a new buffer."""
-    t = topic.encode()
-    prefix = _U16.pack(len(t)) + t + _U16.pack(len(key)) + key
-    crc = crc32(value, crc32(prefix))
-    return HEAD.pack(_MAGIC, len(prefix) + len(value), crc) + prefix, value
+    prefix, crc = _prefix(topic, key)
+    return HEAD.pack(_MAGIC, len(prefix) + len(value), crc32(value, crc)) + prefix, value
 
 
 def frames(data: memoryview) -> Iterator[tuple[int, memoryview]]:

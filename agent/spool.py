@@ -24,13 +24,14 @@ fsync is `agent/syncer.py`.
 from __future__ import annotations
 
 import bisect
+import errno
 import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import structlog
 
@@ -45,6 +46,7 @@ log = structlog.get_logger("traintrail.spool")
 Overflow = Literal["refuse", "drop_oldest"]
 
 _MIN_READ = 64 * 1024  # the least a disk read of records asks for
+_IOV_MAX = 1024  # buffers per writev (Linux's limit)
 
 
 class Record(NamedTuple):
@@ -82,6 +84,28 @@ class SpoolStats:
     # failed fsyncs under the interval policy: the thread's (retried next round)
     # and a segment roll's (logged; that segment is closed)
     fsync_errors: int
+
+
+def _write_all(fd: int, pieces: list[bytes], size: int) -> None:
+    """Write `pieces` (`size` bytes in all) at the end of `fd`: one writev
+    for a batch of up to 512 records, no copy into a buffer first, and
+    nothing held back in a buffer after an error (a buffered file writes
+    it with its next flush: a refused batch would reach the disk after all).
+    A short write (the disk filling up) goes on where it stopped."""
+    done, i, skip = 0, 0, 0  # bytes written; first piece not wholly written; its bytes written
+    while done < size:
+        chunk: list[bytes | memoryview] = list(pieces[i : i + _IOV_MAX])
+        if skip:
+            chunk[0] = memoryview(chunk[0])[skip:]
+        n = os.writev(fd, chunk)
+        if n <= 0:
+            raise OSError(errno.EIO, "spool write made no progress")
+        done += n
+        n += skip
+        while i < len(pieces) and n >= len(pieces[i]):
+            n -= len(pieces[i])
+            i += 1
+        skip = n
 
 
 class Spool:
@@ -123,7 +147,8 @@ class Spool:
         self._write_lock = threading.Lock()  # the file: held across write and fsync
         self._segments: list[_Segment] = []
         self._next_rid = 0
-        self._fh: BinaryIO | None = None
+        self._fd: int | None = None  # the segment being written, O_APPEND
+        self._tail_unknown = False  # a failed append could not be cut back
         self._torn = 0
         self._roll_fsync_errors = 0
         self._dropped = 0
@@ -169,29 +194,31 @@ class Spool:
     def append(self, entries: list[tuple[str, bytes, bytes]]) -> list[int]:
         """Write a batch durably; return its record ids.
 
-        Raises SpoolFullError (policy `refuse`) or SpoolError (disk)."""
+        Raises SpoolFullError (policy `refuse`) or SpoolError (disk). A batch
+        that raises is not in the spool, not even in part: its sender is told
+        and sends it again, so a copy left behind would be delivered twice."""
         if not entries:
             return []
         pieces = [piece for t, k, v in entries for piece in frame(t, k, v)]
-        size = sum(len(p) for p in pieces)
+        size = sum(map(len, pieces))
         with self._write_lock:  # one writer at a time; acks and reads go on meanwhile
             with self._lock:
                 self._make_room(size)
                 seg = self._segments[-1]
-                if seg.size >= self.segment_bytes:
+                if seg.size >= self.segment_bytes or self._tail_unknown:
                     self._roll()
                     self._trim()
                     seg = self._segments[-1]
-                fh = self._fh
-                assert fh is not None
+                fd = self._fd
+                assert fd is not None
             try:
-                fh.writelines(pieces)
-                fh.flush()
+                _write_all(fd, pieces, size)
                 if self._syncer is not None:
                     self._syncer.written()
                 elif self.fsync:
-                    os.fsync(fh.fileno())
+                    os.fsync(fd)
             except OSError as exc:
+                self._cut_back(fd, seg)
                 raise SpoolError(f"spool append to {seg.path.name}: {exc}") from exc
             with self._lock:  # only now do readers see the records
                 first = self._next_rid
@@ -202,6 +229,17 @@ class Spool:
         if self.on_append is not None:
             self.on_append()
         return list(range(first, first + len(entries)))
+
+    def _cut_back(self, fd: int, seg: _Segment) -> None:
+        """Remove what a failed append left at the end of the segment (part
+        of its frames, or all of them when the fsync failed). Where even that
+        fails, the next append starts a new segment: nothing is written after
+        the leftover, which the check at start cuts as a torn tail."""
+        try:
+            os.ftruncate(fd, seg.size)
+        except OSError as exc:
+            self._tail_unknown = True
+            log.error("spool: could not cut a failed append", segment=seg.path.name, error=str(exc))
 
     def _keep_unread(self, first: int, entries: list[tuple[str, bytes, bytes]]) -> None:
         if self._unread and self._unread[-1].rid != first - 1:
@@ -294,16 +332,20 @@ class Spool:
             self._segments.remove(seg)
 
     def _roll(self) -> None:
-        if self._fh is not None:
+        if self._fd is not None:
             if self._syncer is not None:  # the interval thread only knows the current file
                 try:
-                    os.fsync(self._fh.fileno())
+                    os.fsync(self._fd)
                 except OSError as exc:
                     self._roll_fsync_errors += 1
                     log.error("spool fsync at segment roll failed", error=str(exc))
-            self._fh.close()
+            os.close(self._fd)
+            self._fd = None
         path = self.directory / f"{self._next_rid:020d}.seg"
-        self._fh = path.open("ab")
+        # A file of this name holds no records (else the next rid would be
+        # past it): at most a failed append's leftover, which goes.
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._tail_unknown = False
         if not self._segments or self._segments[-1].path != path:
             self._segments.append(_Segment(self._next_rid, path))
 
@@ -385,9 +427,9 @@ class Spool:
         """fsync the segment being written (for the interval thread): a copy
         of its descriptor, so that appends need not wait for the disk."""
         with self._write_lock:
-            if self._fh is None:
+            if self._fd is None:
                 return
-            fd = os.dup(self._fh.fileno())
+            fd = os.dup(self._fd)
         try:
             os.fsync(fd)
         finally:
@@ -397,6 +439,6 @@ class Spool:
         if self._syncer is not None:
             self._syncer.stop()  # a last fsync of what is written
         with self._write_lock, self._lock:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None

@@ -332,3 +332,89 @@ class TestLimits:
         left = [int(r.value[-6:]) for r in _all(spool)]
         assert left == list(range(100 - len(left), 100))  # the newest, contiguous
         assert spool.stats().dropped_records == 100 - len(left)
+
+
+_DISK_ERROR = """
+import json, resource, signal, sys
+from pathlib import Path
+from agent.errors import SpoolError
+from agent.spool import Spool
+# A real write error: the file size limit (EFBIG), as a full disk (ENOSPC)
+# would fail a write, here part-way through the batch's frames.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+directory, cut = Path(sys.argv[1]), int(sys.argv[2])
+spool = Spool(directory, fsync=False)
+spool.open()
+ok, failed = [], []
+def append(name):
+    try:
+        spool.append([("t", b"k", name.encode() * 50), ("t", b"k", name.encode() * 60)])
+        ok.append(name)
+    except SpoolError:
+        failed.append(name)
+for i in range(5):
+    append(f"before{i}:")
+(segment,) = sorted(directory.glob("*.seg"))
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (segment.stat().st_size + cut, hard))
+append("failing:")
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+for i in range(5):
+    append(f"after{i}:")
+live = [r.value[: r.value.index(b":") + 1].decode() for r in spool.pending(3)]
+spool.close()
+print(json.dumps({"ok": ok, "failed": failed, "live": live}))
+"""
+
+
+@pytest.mark.parametrize("cut", [0, 5, 30, 400, 700])
+def test_a_write_error_part_way_leaves_no_trace(tmp_path: Path, cut: int) -> None:
+    """A batch whose write fails (the disk full part-way through its frames)
+    is refused whole: the sender is told and retries it, so none of it may
+    reach Kafka later (it would be doubled), and the batches written after
+    the disk has room again are read back in place, before and after a
+    restart (a partial frame left in the file would hide them)."""
+    import json
+
+    out = subprocess.run(
+        [sys.executable, "-c", _DISK_ERROR, str(tmp_path), str(cut)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    result = json.loads(out.stdout)
+    assert result["failed"] == ["failing:"]
+    expected = [name for name in result["ok"] for _ in range(2)]
+    assert result["live"] == expected
+    _, records = _reopen(tmp_path)
+    assert [r.value[: r.value.index(b":") + 1].decode() for r in records] == expected
+
+
+@pytest.mark.parametrize("limit", [5, 4096, None])
+def test_short_writes_and_long_batches_are_written_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int | None
+) -> None:
+    """writev may write less than asked (a disk filling up) and takes at
+    most 1,024 buffers a call: the spool's writer goes on where it stopped.
+    Here each call writes at most `limit` bytes, into a real file."""
+    from agent import spool as spool_module
+
+    real = os.writev
+    calls = []
+
+    def short(fd: int, buffers: list[bytes]) -> int:
+        calls.append(len(buffers))
+        data = b"".join(bytes(b) for b in buffers)
+        return real(fd, [data[:limit]])
+
+    monkeypatch.setattr(spool_module.os, "writev", short)
+    pieces = [b"%04d|" % i * (i % 3) for i in range(1500)]  # empty ones too
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        spool_module._write_all(fd, pieces, sum(map(len, pieces)))
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(pieces)
+    assert max(calls) <= 1024

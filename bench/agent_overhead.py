@@ -295,22 +295,40 @@ def compare(
     return statistics.median(agent), statistics.median(raw), statistics.median(drained), split
 
 
-def encode_only(n: int = 5000) -> dict[str, float]:
-    """fastavro encode alone per event type: where the agent's time per event goes."""
-    from schemas import default_registry, encode
+def encode_only(n: int = 2000) -> dict[str, tuple[float | None, float | None]]:
+    """µs to encode one message alone (warm), by the C writer the agent uses
+    (None: not built) and by the generated Python one it falls back to, per
+    message shape: where the agent's time per event goes."""
+    from schemas import default_registry
+    from schemas.fastwrite import compile_writer
+    from schemas.nativewrite import native_writer
     from tests.samples import record
 
     reg = default_registry()
-    out = {}
-    for kind in ("GpuSample", "GpuSamples", "AccessEvent", "Metrics"):
-        rec = record(kind)
-        if kind == "GpuSamples":  # one tick of 8 GPUs
-            (event,), _ = gpu_events(1, 1)
-            rec = {**event["body"], "envelope": rec["envelope"]}
-        t0 = time.perf_counter()
-        for _ in range(n):
-            encode(reg, kind, rec)
-        out[kind] = (time.perf_counter() - t0) / n * 1e6
+    (one,), _ = gpu_events(1, 1)
+    (sixty,), _ = gpu_events(1, 60)
+    (metrics,), _ = metrics_events(1)
+    shapes = {
+        "GpuSample": ("GpuSample", record("GpuSample")),
+        "AccessEvent": ("AccessEvent", record("AccessEvent")),
+        "GpuSamples, 1 tick": ("GpuSamples", one["body"]),
+        "GpuSamples, 60 ticks": ("GpuSamples", sixty["body"]),
+        "Metrics, 10,000 points": ("Metrics", metrics["body"]),
+    }
+    out: dict[str, tuple[float | None, float | None]] = {}
+    for label, (kind, body) in shapes.items():
+        version = reg.current(kind)
+        rec = {**body, "envelope": record(kind)["envelope"]}
+        timings: list[float | None] = []
+        for write in (native_writer(version.parsed), compile_writer(version.parsed)):
+            if write is None:
+                timings.append(None)
+                continue
+            t0 = time.perf_counter()
+            for _ in range(n):
+                write(rec, version.head)
+            timings.append((time.perf_counter() - t0) / n * 1e6)
+        out[label] = (timings[0], timings[1])
     return out
 
 
@@ -361,8 +379,10 @@ def main() -> None:
         print(f"{'  drain / raw':<{w}} {drained / raw:>12.2f}")
         threads = ", ".join(f"{role} {micros:,.1f}" for role, micros in split.items())
         print(f"  CPU per message by thread (µs): {threads}")
-    for kind, micros in encode_only().items():
-        print(f"{'encode alone, ' + kind + ' (µs/message)':<{w}} {micros:>12.1f}")
+    for label, (c, py) in encode_only().items():
+        native = "not built" if c is None else f"{c:.1f}"
+        print(f"{'encode alone, ' + label + ' (µs): C writer':<{w}} {native:>12}")
+        print(f"{'  the Python writer (its fallback)':<{w}} {py or 0:>12.1f}")
     print(f"{'GPU source packing one tick of 8 GPUs (µs)':<{w}} {pack_only():>12.1f}")
 
 

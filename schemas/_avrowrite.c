@@ -189,7 +189,15 @@ write_block(Buf *b, const Node *node, PyObject *seq, int pairs)
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     int rc = n ? put_long(b, n) : 0;
     for (Py_ssize_t i = 0; rc == 0 && i < n; i++) {
+        /* A value's own code (__index__, __float__) could change a list
+         * being written: its count is already out, so that is an error. */
+        if (PySequence_Fast_GET_SIZE(seq) != n) {
+            PyErr_SetString(PyExc_ValueError, "array changed size while being encoded");
+            rc = -1;
+            break;
+        }
         PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        Py_INCREF(item);
         if (!pairs) {
             rc = write_value(b, node->child, item);
         }
@@ -200,6 +208,7 @@ write_block(Buf *b, const Node *node, PyObject *seq, int pairs)
         else if ((rc = write_key(b, PyTuple_GET_ITEM(item, 0))) == 0) {
             rc = write_value(b, node->child, PyTuple_GET_ITEM(item, 1));
         }
+        Py_DECREF(item);
     }
     Py_DECREF(seq);
     if (rc < 0 || RESERVE(b, 1) < 0)

@@ -116,3 +116,29 @@ def test_outputs_of_every_size_in_a_row_match() -> None:
     for size in (0, 300_000, 1, 5000, 0, 2_000_000, 17):
         rec = {"v": bytes(range(256)) * (size // 256) + b"x" * (size % 256)}
         assert c(rec, b"head") == py(rec, b"head")
+
+
+@needs_c
+def test_an_array_changed_while_written_is_refused_not_misread() -> None:
+    """The writer holds only borrowed items of a list; a value whose own
+    code empties that list must give an error, never a read past its end."""
+    schema = parse_schema(
+        {
+            "type": "record",
+            "name": "A",
+            "fields": [{"name": "xs", "type": {"type": "array", "items": "long"}}],
+        },
+        named_schemas={},
+    )
+    write = native_writer(schema)
+    assert write is not None
+    xs: list[Any] = []
+
+    class Shrinks:
+        def __index__(self) -> int:
+            xs.clear()
+            return 1
+
+    xs.extend([Shrinks(), 2, 3])
+    with pytest.raises(ValueError, match="changed size"):
+        write({"xs": xs})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +28,13 @@ def test_the_extension_is_built_where_a_compiler_is() -> None:
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler on this machine")
     assert AVAILABLE, "schemas._avrowrite was not built: see the pip install log"
+    import schemas._avrowrite as built
+
+    source = Path(built.__file__).with_name("_avrowrite.c")
+    if source.exists():  # an editable install builds next to the source
+        assert Path(built.__file__).stat().st_mtime >= source.stat().st_mtime, (
+            "schemas/_avrowrite.c changed since it was built: .venv/bin/pip install --no-deps -e ."
+        )
 
 
 @needs_c

@@ -169,15 +169,17 @@ write_record(Buf *b, const Node *node, PyObject *r)
     return 0;
 }
 
+/* A str as UTF-8 with its length; `what` names it in the error (a field's
+ * value or a map key). */
 static int
-write_key(Buf *b, PyObject *k)
+write_str(Buf *b, PyObject *v, const char *what)
 {
-    if (!PyUnicode_Check(k)) {
-        PyErr_Format(PyExc_TypeError, "expected a str map key, got %.100s", Py_TYPE(k)->tp_name);
+    if (!PyUnicode_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "expected a str%s, got %.100s", what, Py_TYPE(v)->tp_name);
         return -1;
     }
     Py_ssize_t n;
-    const char *s = PyUnicode_AsUTF8AndSize(k, &n);
+    const char *s = PyUnicode_AsUTF8AndSize(v, &n);
     return s == NULL ? -1 : put_raw(b, s, n);
 }
 
@@ -205,7 +207,7 @@ write_block(Buf *b, const Node *node, PyObject *seq, int pairs)
             PyErr_SetString(PyExc_TypeError, "map items must be (key, value) pairs");
             rc = -1;
         }
-        else if ((rc = write_key(b, PyTuple_GET_ITEM(item, 0))) == 0) {
+        else if ((rc = write_str(b, PyTuple_GET_ITEM(item, 0), " map key")) == 0) {
             rc = write_value(b, node->child, PyTuple_GET_ITEM(item, 1));
         }
         Py_DECREF(item);
@@ -299,15 +301,8 @@ write_value(Buf *b, const Node *node, PyObject *v)
             return -1;
         b->len += 8;
         return 0;
-    case K_STRING: {
-        if (!PyUnicode_Check(v)) {
-            PyErr_Format(PyExc_TypeError, "expected a str, got %.100s", Py_TYPE(v)->tp_name);
-            return -1;
-        }
-        Py_ssize_t len;
-        const char *s = PyUnicode_AsUTF8AndSize(v, &len);
-        return s == NULL ? -1 : put_raw(b, s, len);
-    }
+    case K_STRING:
+        return write_str(b, v, "");
     case K_BYTES:
         return write_bytes(b, v);
     case K_RECORD:

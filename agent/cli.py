@@ -90,6 +90,7 @@ def _status_text(st: dict[str, Any]) -> str:
         + (f"{time.time() - last:.1f} s ago" if last else "never"),
         f"events    accepted {st['events']['accepted']}, refused {st['events']['refused']}",
         f"encoder   {st.get('avro_writer', 'unknown')}",
+        f"producer  {st.get('kafka_producer', 'unknown')}",
     ]
     for name, sp in st["spools"].items():
         lines.append(

@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from agent import kafkacore
 from agent.alert_relay import AlertRelay
 from agent.config import AgentConfig, load_config
 from agent.envelope import Chain
@@ -170,6 +171,7 @@ class Agent:
         self._recover_chain()
         log.info("spool checked", records_waiting=waiting, streams=len(self.chain.links))
         log.info("avro writer", writer=describe())
+        log.info("kafka producer", producer=kafkacore.describe())
         self.shipper.start()
         self._import_sdk_spools()
         if self.config.sdk_spool_scan_s > 0:

@@ -44,6 +44,11 @@ class Chain:
             "prev_hash": b"" if last is None else last.hash,
         }
 
+    def next(self, stream: str) -> tuple[int, bytes]:
+        """(seq, prev_hash) of the next event on `stream` (see `envelope`)."""
+        last = self.links.get(stream)
+        return (0, b"") if last is None else (last.seq + 1, last.hash)
+
     def link(self, stream: str, seq: int, digest: bytes) -> None:
         """Record that the event `seq` with hash `digest` is now the stream's last."""
         last = self.links.get(stream)

@@ -28,6 +28,8 @@ from agent.runs import RunRegistry
 from agent.sources.base import event
 from agent.spool import Spool
 from schemas import Registry, SchemaError, encode, event_hash
+from schemas.codec import encode_version
+from schemas.registry import SchemaVersion
 from schemas.topics import TOPIC_OF, topic_for
 
 __all__ = ["SAMPLE_TYPES", "Ingest", "Rejected"]
@@ -47,9 +49,21 @@ class Rejected:
 
 @dataclass
 class _Staged:
+    """One spool's part of a batch: its entries, the last link of each stream
+    it advances, and its event ids."""
+
     entries: list[tuple[str, bytes, bytes]] = field(default_factory=list)
-    links: list[tuple[str, int, bytes]] = field(default_factory=list)
+    links: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     event_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """What ingest needs of an event type, looked up once per type."""
+
+    schema: SchemaVersion
+    topic: str
+    sample: bool
 
 
 @dataclass
@@ -65,6 +79,7 @@ class Ingest:
     refused: int = 0
     _recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
     _last_alert: float = 0.0
+    _kinds: dict[str, _Kind] = field(default_factory=dict)
 
     def accept(
         self, events: list[dict[str, Any]], allowed: frozenset[str] | None = None
@@ -76,47 +91,52 @@ class Ingest:
         nothing of the batch's critical events was kept."""
         rejected: list[Rejected] = []
         with self.chain.lock:
-            staged = {"critical": _Staged(), "samples": _Staged()}
+            critical, samples = _Staged(), _Staged()
+            # Per stream, the link the batch's next event follows: the chain's
+            # until an earlier event of this batch took the stream on.
             pending: dict[str, tuple[int, bytes]] = {}
             seen: set[str] = set()  # this batch's ids: a batch may repeat an event
+            recent = self._recent
             for ev in events:
-                event_id = str(ev.get("event_id", ""))
-                if event_id in self._recent or event_id in seen:
+                event_id = ev.get("event_id", "")
+                if type(event_id) is not str:
+                    event_id = str(event_id)
+                if event_id in recent or event_id in seen:
                     continue
                 try:
-                    topic, key, value, stream, seq = self._encode(ev, pending, allowed)
+                    kind, stream, seq, value, key = self._encode(ev, event_id, pending, allowed)
                 except (SchemaError, KeyError, TypeError, ValueError) as exc:
                     rejected.append(Rejected(event_id, f"{type(exc).__name__}: {exc}"))
                     continue
-                digest = event_hash(value)
-                pending[stream] = (seq, digest)
-                part = staged["samples" if ev["type"] in SAMPLE_TYPES else "critical"]
-                part.entries.append((topic, key, value))
-                part.links.append((stream, seq, digest))
+                link = pending[stream] = (seq, event_hash(value))
+                part = samples if kind.sample else critical
+                part.entries.append((kind.topic, key, value))
+                part.links[stream] = link
                 part.event_ids.append(event_id)
                 seen.add(event_id)
-            try:
-                self.critical.append(staged["critical"].entries)
-            except SpoolFullError as exc:
-                self.refused += len(staged["critical"].entries)
-                self._alert_full(exc)
-                raise
-            self._commit(staged["critical"])
-            self._track_runs(events, staged["critical"].event_ids)
-            try:
-                self.samples.append(staged["samples"].entries)
-                self._commit(staged["samples"])
-            except SpoolFullError as exc:  # only a single batch larger than the limit
-                rejected += [Rejected(i, str(exc)) for i in staged["samples"].event_ids]
+            if critical.entries:
+                try:
+                    self.critical.append(critical.entries)
+                except SpoolFullError as exc:
+                    self.refused += len(critical.entries)
+                    self._alert_full(exc)
+                    raise
+                self._commit(critical)
+                self._track_runs(events, critical.event_ids)
+            if samples.entries:
+                try:
+                    self.samples.append(samples.entries)
+                    self._commit(samples)
+                except SpoolFullError as exc:  # only a single batch larger than the limit
+                    rejected += [Rejected(i, str(exc)) for i in samples.event_ids]
         for r in rejected:
             log.warning("event rejected", event_id=r.event_id, error=r.error)
         return len(events) - len(rejected), rejected
 
     def _commit(self, part: _Staged) -> None:
-        for stream, seq, digest in part.links:
+        for stream, (seq, digest) in part.links.items():
             self.chain.link(stream, seq, digest)
-        for event_id in part.event_ids:
-            self._recent[event_id] = None
+        self._recent.update(dict.fromkeys(part.event_ids))
         while len(self._recent) > _RECENT_IDS:
             self._recent.popitem(last=False)
         self.accepted += len(part.entries)
@@ -136,26 +156,50 @@ class Ingest:
             elif ev["type"] == "RunFinished":
                 self.runs.finish(str(body["run_id"]))
 
+    def _kind(self, name: Any) -> _Kind:
+        kind = self._kinds.get(name)
+        if kind is None:
+            if name not in TOPIC_OF:
+                raise ValueError(f"event type {name!r} is not accepted here")
+            kind = _Kind(
+                self.registry.current(name),
+                topic_for(self.topic_prefix, name),
+                name in SAMPLE_TYPES,
+            )
+            self._kinds[name] = kind
+        return kind
+
     def _encode(
         self,
         ev: dict[str, Any],
+        event_id: str,
         pending: dict[str, tuple[int, bytes]],
         allowed: frozenset[str] | None,
-    ) -> tuple[str, bytes, bytes, str, int]:
-        kind = str(ev["type"])
-        if kind not in TOPIC_OF or (allowed is not None and kind not in allowed):
-            raise ValueError(f"event type {kind!r} is not accepted here")
-        stream = str(ev["stream"])
-        envelope = self.chain.envelope(stream, str(ev["event_id"]), int(ev["time_us"]), self.node)
-        if stream in pending:  # an earlier event of this batch on the same stream
-            seq, digest = pending[stream]
-            envelope["seq"], envelope["prev_hash"] = seq + 1, digest
+    ) -> tuple[_Kind, str, int, bytes, bytes]:
+        """(kind, stream, seq, encoded value, key) of one event."""
+        name = ev["type"]
+        kind = self._kind(name)
+        if allowed is not None and name not in allowed:
+            raise ValueError(f"event type {name!r} is not accepted here")
+        stream = ev["stream"]
+        if type(stream) is not str:
+            stream = str(stream)
+        last = pending.get(stream)
+        seq, prev_hash = self.chain.next(stream) if last is None else (last[0] + 1, last[1])
         body = ev["body"]
         if not isinstance(body, dict):
             raise TypeError("body must be an object")
-        value = encode(self.registry, kind, {**body, "envelope": envelope})
-        key = str(ev.get("key") or stream).encode()
-        return topic_for(self.topic_prefix, kind), key, value, stream, envelope["seq"]
+        envelope = {
+            "event_id": event_id,
+            "time_us": int(ev["time_us"]),
+            "node": self.node,
+            "stream": stream,
+            "seq": seq,
+            "prev_hash": prev_hash,
+        }
+        value = encode_version(kind.schema, {**body, "envelope": envelope})
+        key = ev.get("key") or stream
+        return kind, stream, seq, value, (key if type(key) is str else str(key)).encode()
 
     def _alert_full(self, exc: SpoolFullError) -> None:
         """Log an alert and send one through the samples spool (which makes

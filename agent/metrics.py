@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agent import kafkacore
 from agent.ingest import Ingest
 from agent.shipper import Shipper
 from agent.sources.base import Source
@@ -43,6 +44,7 @@ def status(
         "uptime_s": round(time.time() - started, 1),
         "events": {"accepted": ingest.accepted, "refused": ingest.refused},
         "avro_writer": describe(),
+        "kafka_producer": kafkacore.describe(),
         "spools": {name: asdict(spool.stats()) for name, spool in spools.items()},
         "kafka": {
             "up": s.broker_down_since is None,

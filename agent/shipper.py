@@ -5,6 +5,9 @@ One thread owns the producer. It reads each spool lazily from a cursor
 what waits is on disk, and librdkafka's own queue is capped. Keys keep one
 run's (or one node's) events on one partition; the idempotent producer keeps
 them in order there and retries until delivered (`message.timeout.ms=0`).
+Each spool read goes to the producer in one call and a poll's delivery
+reports come back as one list (agent/producer.py): the C producer makes no
+Python call per message.
 
 A failed delivery report is a permanent error for that record (too large,
 not authorized): it is logged and counted and stays in the spool, which then
@@ -17,14 +20,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from functools import partial
 
 import structlog
-from confluent_kafka import KafkaError, Message
 
-from agent.producer import KafkaProducer
+from agent.producer import FATAL, PURGED, UNREACHABLE, DeliveryProducer, Reports, new_producer
 from agent.spool import Record, Spool
 
 __all__ = ["Shipper", "ShipperStats"]
@@ -32,7 +32,6 @@ __all__ = ["Shipper", "ShipperStats"]
 log = structlog.get_logger("traintrail.shipper")
 
 _READ_BATCH = 500
-_PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
 
 
 @dataclass
@@ -59,23 +58,17 @@ class Shipper:
         self._stop = threading.Event()
         self._rebuild = False
         self._cursors = [0] * len(self.spools)
-        # Filled by delivery reports during a poll or flush, applied right after
-        # it (`_settle`): acking a spool record by record cost more than producing
-        # it. A deque: appends and pops are atomic, should stop()'s flush run
-        # callbacks while the thread still polls.
-        self._delivered: deque[tuple[int, int, float]] = deque()
+        # stop() settles a last flush's reports while the thread may still run
+        # (a join that timed out): counters and acks under one lock.
+        self._settle_lock = threading.Lock()
         for spool in self.spools:
             spool.on_append = self._nudge
         self._producer = self._new_producer()
         self._thread = threading.Thread(target=self._run, name="shipper", daemon=True)
 
-    def _new_producer(self) -> KafkaProducer:
-        return KafkaProducer(
-            self.bootstrap,
-            self.compression,
-            self.linger_ms,
-            extra=dict(self.producer_extra),
-            on_error=self._on_error,
+    def _new_producer(self) -> DeliveryProducer:
+        return new_producer(
+            self.bootstrap, self.compression, self.linger_ms, extra=dict(self.producer_extra)
         )
 
     def _nudge(self) -> None:
@@ -98,8 +91,11 @@ class Shipper:
         self._wake.set()
         self._thread.join(timeout)
         self._producer.flush(max(0.0, deadline - time.monotonic()))
-        self._settle()
-        self._producer.close()
+        self._apply(self._producer.poll(0))
+        try:
+            self._apply(self._producer.close())
+        except RuntimeError as exc:  # the thread still polls it (its join timed out)
+            log.warning("producer not closed", error=str(exc))
         return sum(spool.stats().pending for spool in self.spools)
 
     # -- the thread ------------------------------------------------------------
@@ -125,84 +121,78 @@ class Shipper:
 
     def _produce(self, i: int, records: list[Record]) -> bool:
         """Hand one read of spool `i` to librdkafka; False when stopped while
-        its queue was full. Per record only the produce call and a C-built
-        partial for its report: this loop is the shipper's whole cost per
-        message (a backlog drains at its pace)."""
-        produce = self._producer.producer.produce
+        its queue was full."""
         started = time.monotonic()  # one clock read per read of up to 500 records
-        report = partial(self._on_delivery, i)
         done = 0
-        for record in records:
-            on_delivery = partial(report, record, started)
-            while True:
-                try:
-                    produce(record.topic, record.value, record.key, on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    # librdkafka's queue is full (broker slow or down): wait for
-                    # reports; the spool on disk keeps absorbing new events.
-                    if self._stop.is_set():
-                        self.stats.produced += done
-                        return False
-                    self._poll(0.1)
-            done += 1
-        self.stats.produced += done
-        return True
+        while True:
+            taken, refused = self._producer.produce(i, records[done:] if done else records, started)
+            done += taken
+            for failure in refused:
+                self._failed(failure.topic, failure.name, failure.reason)
+            self.stats.produced += taken - len(refused)
+            if done == len(records):
+                return True
+            # librdkafka's queue is full (broker slow or down): wait for
+            # reports; the spool on disk keeps absorbing new events.
+            if self._stop.is_set():
+                return False
+            self._poll(0.1)
 
     def _poll(self, timeout: float) -> None:
-        self._producer.poll(timeout)
-        self._settle()
+        self._apply(self._producer.poll(timeout))
 
-    def _on_delivery(
-        self, i: int, record: Record, started: float, err: KafkaError | None, _msg: Message
-    ) -> None:
-        if err is None:
-            self._delivered.append((i, record.rid, started))
-            return
-        if self._stop.is_set() or err.code() in _PURGED:
-            return  # purged (shutdown, producer rebuild): still spooled, read again
+    def _apply(self, reports: Reports) -> None:
+        if reports.delivered:
+            self._settle(reports.delivered)
+        for failure in reports.failed:
+            if self._stop.is_set() or failure.code in PURGED:
+                continue  # purged (shutdown, producer rebuild): still spooled, read again
+            self._failed(failure.topic, failure.name, failure.reason)
+            if failure.code == FATAL:
+                self._rebuild = True
+        for error in reports.errors:
+            self._on_error(error.code, error.name, error.reason)
+
+    def _failed(self, topic: str, name: str, reason: str) -> None:
         self.stats.failed += 1
-        log.error("delivery failed", topic=record.topic, error=str(err), fatal=err.fatal())
-        if err.fatal():
-            self._rebuild = True
+        log.error("delivery failed", topic=topic, error=f"{name}: {reason}")
 
-    def _settle(self) -> None:
-        """Ack in the spools what the last poll's delivery reports confirmed."""
-        delivered, done = self._delivered, []
-        try:
-            for _ in range(len(delivered)):
-                done.append(delivered.popleft())
-        except IndexError:
-            pass  # another thread settled the rest
-        if not done:
-            return
+    def _settle(self, delivered: list[tuple[int, int, float]]) -> None:
+        """Ack in the spools what a poll's delivery reports confirmed: one
+        lock and one trim per spool for the lot, not one per record."""
         now = time.monotonic()
-        for i, spool in enumerate(self.spools):
-            rids = [rid for j, rid, _ in done if j == i]
-            if rids:
-                spool.ack_many(rids)
-        stats = self.stats
-        stats.delivered += len(done)
-        stats.last_delivery = time.time()
-        stats.broker_down_since = None
-        room = 100_000 - len(stats.latencies)
-        stats.latencies += [now - started for _, _, started in done[: max(0, room)]]
+        with self._settle_lock:
+            if len(self.spools) == 1:
+                self.spools[0].ack_many([rid for _, rid, _ in delivered])
+            else:
+                for i, spool in enumerate(self.spools):
+                    rids = [rid for j, rid, _ in delivered if j == i]
+                    if rids:
+                        spool.ack_many(rids)
+            stats = self.stats
+            stats.delivered += len(delivered)
+            stats.last_delivery = time.time()
+            stats.broker_down_since = None
+            room = 100_000 - len(stats.latencies)
+            stats.latencies += [now - started for _, _, started in delivered[: max(0, room)]]
 
     def _replace_producer(self) -> None:
         log.warning("replacing producer after a fatal error; re-producing undelivered records")
+        # What was delivered before the purge must not be produced again: the
+        # close's reports are applied before the cursors go back.
+        self._apply(self._producer.close())
         self._rebuild = False
-        self._producer.close()
-        self._settle()  # what was delivered before the purge must not be produced again
         self._producer = self._new_producer()
         self._cursors = [spool.first_rid() for spool in self.spools]
 
-    def _on_error(self, err: KafkaError) -> None:
-        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+    def _on_error(self, code: int, name: str, reason: str) -> None:
+        if code in UNREACHABLE:
             if self.stats.broker_down_since is None:
                 self.stats.broker_down_since = time.time()
-                log.warning("kafka unreachable; spooling until it is back", error=str(err))
-        elif err.fatal():
+                log.warning("kafka unreachable; spooling until it is back", error=reason)
+        elif code == FATAL:
             self._rebuild = True
-            log.error("fatal kafka error", error=str(err))
+            fatal = self._producer.fatal()
+            log.error("fatal kafka error", error=f"{name}: {fatal.reason if fatal else reason}")
         else:
-            log.warning("kafka error", error=str(err))
+            log.warning("kafka error", error=f"{name}: {reason}")

@@ -28,7 +28,7 @@ import errno
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -92,15 +92,20 @@ def _write_all(fd: int, pieces: list[bytes], size: int) -> None:
     nothing held back in a buffer after an error (a buffered file writes
     it with its next flush: a refused batch would reach the disk after all).
     A short write (the disk filling up) goes on where it stopped."""
-    done, i, skip = 0, 0, 0  # bytes written; first piece not wholly written; its bytes written
-    while done < size:
-        chunk: list[bytes | memoryview] = list(pieces[i : i + _IOV_MAX])
-        if skip:
-            chunk[0] = memoryview(chunk[0])[skip:]
+    done, i, skip = 0, 0, 0
+    while True:
+        chunk: Sequence[bytes | memoryview] = pieces  # the common case: one call, as given
+        if done or len(pieces) > _IOV_MAX:
+            rest: list[bytes | memoryview] = list(pieces[i : i + _IOV_MAX])
+            if skip:
+                rest[0] = memoryview(rest[0])[skip:]
+            chunk = rest
         n = os.writev(fd, chunk)
         if n <= 0:
             raise OSError(errno.EIO, "spool write made no progress")
         done += n
+        if done >= size:
+            return
         n += skip
         while i < len(pieces) and n >= len(pieces[i]):
             n -= len(pieces[i])

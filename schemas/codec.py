@@ -17,7 +17,7 @@ from fastavro import schemaless_reader, schemaless_writer
 from schemas.errors import CorruptPayloadError, EncodeError, NotSingleObjectError
 from schemas.registry import Registry, SchemaVersion
 
-__all__ = ["MARKER", "Decoded", "decode", "encode", "event_hash"]
+__all__ = ["MARKER", "Decoded", "decode", "encode", "encode_version", "event_hash"]
 
 MARKER = b"\xc3\x01"
 _HEADER = len(MARKER) + 8
@@ -35,7 +35,13 @@ class Decoded:
 
 def encode(registry: Registry, name: str, record: dict[str, Any]) -> bytes:
     """Encode `record` with the current schema of `name`."""
-    schema = registry.current(name)
+    return encode_version(registry.current(name), record)
+
+
+def encode_version(schema: SchemaVersion, record: dict[str, Any]) -> bytes:
+    """Encode `record` with `schema` (the agent looks its types' schemas up
+    once, not per event)."""
+    name = schema.name
     if schema.write is not None:
         try:
             return schema.write(record, schema.head)

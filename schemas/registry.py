@@ -9,6 +9,8 @@ schema, found by the 8-byte CRC-64-AVRO fingerprint in the message header.
 
 from __future__ import annotations
 
+import functools
+
 import json
 import re
 from dataclasses import dataclass, field
@@ -42,9 +44,10 @@ class SchemaVersion:
     # (schemas/fastwrite.py); None: fastavro writes this one.
     write: Writer | None = field(default=None, compare=False, repr=False)
 
-    @property
+    @functools.cached_property
     def head(self) -> bytes:
-        """The single-object header of messages written with this version."""
+        """The single-object header of messages written with this version
+        (built once: every encoded event starts with it)."""
         return b"\xc3\x01" + self.fingerprint
 
 

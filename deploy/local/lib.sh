@@ -25,11 +25,12 @@ fail() {
 }
 
 # ensure_venv EXTRAS: create .venv and install the project with EXTRAS once
-# (again when pyproject.toml or the C writer's source changes: the install
-# compiles it into schemas/, where an old build would otherwise stay).
+# (again when pyproject.toml or a C extension's source changes: the install
+# compiles them into schemas/ and agent/, where an old build would otherwise stay).
 ensure_venv() {
     local extras=$1 stamp=".venv/.installed-$1"
-    if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt schemas/_avrowrite.c ]; then
+    if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt schemas/_avrowrite.c ] \
+        && [ "$stamp" -nt agent/_kafkacore.c ]; then
         return 0
     fi
     if [ ! -x .venv/bin/python ]; then

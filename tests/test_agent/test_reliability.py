@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from agent import kafkacore
 from agent.spool import Spool
 from schemas import decode, default_registry
 from schemas.nativewrite import describe
@@ -281,6 +282,7 @@ def test_spool_at_its_limit(tmp_path: Path, broker: PrivateKafka) -> None:
     st = _status(agent)
     assert st["events"]["refused"] >= 1
     assert st["avro_writer"] == describe()  # which encoder runs is visible
+    assert st["kafka_producer"] == kafkacore.describe()  # and which producer
     assert st["spools"]["critical"]["bytes"] <= 20000
     assert st["spools"]["samples"]["bytes"] <= 20000
     metrics_url = agent.url()

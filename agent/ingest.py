@@ -28,8 +28,7 @@ from agent.runs import RunRegistry
 from agent.sources.base import event
 from agent.spool import Spool
 from schemas import Registry, SchemaError, encode, event_hash
-from schemas.codec import encode_version
-from schemas.registry import SchemaVersion
+from schemas.codec import Sealer, sealer
 from schemas.topics import TOPIC_OF, topic_for
 
 __all__ = ["SAMPLE_TYPES", "Ingest", "Rejected"]
@@ -61,7 +60,7 @@ class _Staged:
 class _Kind:
     """What ingest needs of an event type, looked up once per type."""
 
-    schema: SchemaVersion
+    seal: Sealer
     topic: str
     sample: bool
 
@@ -104,11 +103,13 @@ class Ingest:
                 if event_id in recent or event_id in seen:
                     continue
                 try:
-                    kind, stream, seq, value, key = self._encode(ev, event_id, pending, allowed)
+                    kind, stream, seq, value, digest, key = self._encode(
+                        ev, event_id, pending, allowed
+                    )
                 except (SchemaError, KeyError, TypeError, ValueError) as exc:
                     rejected.append(Rejected(event_id, f"{type(exc).__name__}: {exc}"))
                     continue
-                link = pending[stream] = (seq, event_hash(value))
+                link = pending[stream] = (seq, digest)
                 part = samples if kind.sample else critical
                 part.entries.append((kind.topic, key, value))
                 part.links[stream] = link
@@ -162,7 +163,7 @@ class Ingest:
             if name not in TOPIC_OF:
                 raise ValueError(f"event type {name!r} is not accepted here")
             kind = _Kind(
-                self.registry.current(name),
+                sealer(self.registry.current(name)),
                 topic_for(self.topic_prefix, name),
                 name in SAMPLE_TYPES,
             )
@@ -175,8 +176,8 @@ class Ingest:
         event_id: str,
         pending: dict[str, tuple[int, bytes]],
         allowed: frozenset[str] | None,
-    ) -> tuple[_Kind, str, int, bytes, bytes]:
-        """(kind, stream, seq, encoded value, key) of one event."""
+    ) -> tuple[_Kind, str, int, bytes, bytes, bytes]:
+        """(kind, stream, seq, encoded value, its chain hash, key) of one event."""
         name = ev["type"]
         kind = self._kind(name)
         if allowed is not None and name not in allowed:
@@ -197,9 +198,9 @@ class Ingest:
             "seq": seq,
             "prev_hash": prev_hash,
         }
-        value = encode_version(kind.schema, {**body, "envelope": envelope})
+        value, digest = kind.seal(body, envelope)
         key = ev.get("key") or stream
-        return kind, stream, seq, value, (key if type(key) is str else str(key)).encode()
+        return kind, stream, seq, value, digest, (key if type(key) is str else str(key)).encode()
 
     def _alert_full(self, exc: SpoolFullError) -> None:
         """Log an alert and send one through the samples spool (which makes

@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from agent.producer import ClientError, Failure, Reports
-from schemas.nativewrite import DISABLE_ENV
+from schemas.nativewrite import DISABLE_ENV, loaded_library
 
 __all__ = ["NativeProducer", "available", "describe", "library_path"]
 
@@ -42,15 +42,7 @@ def library_path(maps: Path = Path("/proc/self/maps")) -> str | None:
     memory map; None where there is none (not Linux, a static build)."""
     import confluent_kafka.cimpl  # noqa: F401  (loads librdkafka)
 
-    try:
-        lines = maps.read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:  # address perms offset device inode [path]
-        parts = line.split(maxsplit=5)
-        if len(parts) == 6 and "/librdkafka" in parts[5] and ".so" in parts[5]:
-            return parts[5].strip()
-    return None
+    return loaded_library("librdkafka", maps)
 
 
 @functools.cache

@@ -164,16 +164,42 @@ def _note_cpu(
         cpu.setdefault(role, []).append(micros)
 
 
+def encoded(events: list[dict[str, Any]], batch: int) -> Sent:
+    """The (topic, key, value) the agent sends for `events`: a pass through
+    ingest into a scratch spool, untimed. A fresh chain gives the same
+    envelopes, so these are the bytes every timed round sends; the timed
+    rounds keep none of them (the agent frees each once delivered)."""
+    from agent.envelope import Chain
+    from agent.ingest import Ingest
+    from agent.spool import Spool
+    from schemas import default_registry
+
+    with tempfile.TemporaryDirectory() as tmp:
+        critical = Spool(Path(tmp) / "c", max_bytes=10 * 2**30, fsync=False)
+        samples = Spool(Path(tmp) / "s", max_bytes=10 * 2**30, fsync=False)
+        critical.open()
+        samples.open()
+        sent: Sent = []
+        for spool in (critical, samples):
+            spool.append = sent.extend  # type: ignore[assignment,method-assign]
+        ingest = Ingest(Chain(), critical, samples, default_registry(), "bench", "bench")
+        for i in range(0, len(events), batch):
+            ingest.accept(events[i : i + batch])
+        critical.close()
+        samples.close()
+    return sent
+
+
 def through_agent(
     bootstrap_servers: str,
     events: list[dict[str, Any]],
     batch: int,
     fsync_interval: float = 0.0,
     cpu: CpuSplit | None = None,
-) -> tuple[float, Sent]:
-    """Messages/s through ingest → spool (fsync per batch, or every
-    `fsync_interval` s) → shipper → acked and trimmed, and the (topic, key,
-    value) the agent sent; with `cpu`, each thread's CPU per message."""
+) -> float:
+    """Messages/s through ingest (`batch` events per call) → spool (fsync
+    per batch, or every `fsync_interval` s) → shipper → acked and trimmed;
+    with `cpu`, each thread's CPU per message."""
     from agent.envelope import Chain
     from agent.ingest import Ingest
     from agent.shipper import Shipper
@@ -189,17 +215,6 @@ def through_agent(
         samples = Spool(Path(tmp) / "s", max_bytes=10 * 2**30, overflow="drop_oldest", fsync=False)
         critical.open()
         samples.open()
-        # The raw producer sends exactly the bytes the agent spooled (a list
-        # append per record inside the timed path: negligible).
-        sent: Sent = []
-        for spool in (critical, samples):
-            append = spool.append
-
-            def keep(entries: list[tuple[str, bytes, bytes]], _append=append) -> list[int]:
-                sent.extend(entries)
-                return _append(entries)
-
-            spool.append = keep  # type: ignore[method-assign]
         shipper = Shipper([critical, samples], bootstrap=bootstrap_servers)
         ingest = Ingest(Chain(), critical, samples, default_registry(), "bench", prefix)
         shipper.start()
@@ -220,7 +235,7 @@ def through_agent(
         shipper.stop(10)
         critical.close()  # and its fsync thread, if any
         samples.close()
-    return agent_rate, sent
+    return agent_rate
 
 
 def drain(bootstrap_servers: str, sent: Sent) -> float:
@@ -233,8 +248,9 @@ def drain(bootstrap_servers: str, sent: Sent) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         samples = Spool(Path(tmp) / "s", max_bytes=10 * 2**30, overflow="drop_oldest", fsync=False)
         samples.open()
+        tag = uuid.uuid4().hex[:6]  # fresh topics each round, as the agent's and raw's
         for i in range(0, len(sent), 100):
-            samples.append([(f"{t}.drain", k, v) for t, k, v in sent[i : i + 100]])
+            samples.append([(f"{t}.{tag}.drain", k, v) for t, k, v in sent[i : i + 100]])
         shipper = Shipper([samples], bootstrap=bootstrap_servers)
         t0 = time.perf_counter()
         shipper.start()
@@ -254,12 +270,15 @@ def raw_produce(bootstrap_servers: str, sent: Sent, cpu: CpuSplit | None = None)
     from agent.producer import producer_settings
 
     producer = Producer(producer_settings(bootstrap_servers, "lz4", 5))
+    # Fresh topics each round, as the agent's: a topic that grew over many
+    # rounds took this broker several times longer per message.
+    topics = {t: f"{t}.{uuid.uuid4().hex[:6]}.raw" for t in {t for t, _, _ in sent}}
     before = _thread_cpu()
     t0 = time.perf_counter()
     for topic, key, value in sent:
         while True:
             try:
-                producer.produce(f"{topic}.raw", value=value, key=key)
+                producer.produce(topics[topic], value=value, key=key)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -284,11 +303,11 @@ def compare(
     minutes, so one pair alone can mislead. And the median CPU per message
     of each thread of the agent and of the raw producer: where the
     difference goes."""
+    sent = encoded(events, batch)
     agent, raw, drained = [], [], []
     cpu: CpuSplit = {}
     for _ in range(rounds):
-        rate, sent = through_agent(bootstrap_servers, events, batch, fsync_interval, cpu)
-        agent.append(rate)
+        agent.append(through_agent(bootstrap_servers, events, batch, fsync_interval, cpu))
         raw.append(raw_produce(bootstrap_servers, sent, cpu))
         drained.append(drain(bootstrap_servers, sent))
     split = {role: statistics.median(v) for role, v in cpu.items()}
@@ -357,13 +376,19 @@ def main() -> None:
     lazy = compare(servers, met_events, 1, 3, fsync_interval=0.1)
     rows.append(("Metrics, fsync_interval_ms = 100", *lazy, points))
     del met_events
-    for ticks, messages in ((1, n), (60, max(1, n // 20))):
+    for ticks, messages, batch in ((1, n, 1), (1, n, 100), (60, max(1, n // 20), 1)):
         events, per = gpu_events(messages, ticks)
         label = f"GpuSamples, {ticks} tick(s) x {GPUS} GPUs = {per} samples/message"
-        rows.insert(len(rows) - 2, (label, *compare(servers, events, 1, 3), per))
+        if batch > 1:
+            label += f", {batch} per ingest call (as an SDK line hands its events)"
+        rows.insert(len(rows) - 2, (label, *compare(servers, events, batch, 3), per))
         del events
     w = 58
+    from agent.kafkacore import describe as producer
+    from schemas.nativewrite import describe as writer
+
     print()
+    print(f"Avro writer: {writer()}; Kafka producer: {producer()}")
     print(f"{'measure':<{w}} {'value':>12}  target")
     cpu = "agent CPU, 8 GPUs + host at 1 Hz (% of one core)"
     print(f"{cpu:<{w}} {over['cpu_pct']:>11.2f}%  < 1 %")

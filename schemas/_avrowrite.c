@@ -8,6 +8,11 @@
  * the program, Writer() parses it); a call walks the tree against the
  * record and writes straight into the bytes object it returns.
  *
+ * `seal` is the agent's whole step per event in one call: the body written
+ * with the given envelope as its envelope field (no copy of the body into a
+ * new dict first) and the SHA-256 of the result, the event's chain hash, by
+ * OpenSSL's SHA256() from the libcrypto hashlib already loaded.
+ *
  * The generated Python writer stays the reference: tests check both against
  * fastavro byte for byte, and for the same bad records both raise one of
  * TypeError, KeyError, AttributeError, ValueError or OverflowError (the
@@ -17,6 +22,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <dlfcn.h>
 
 enum {
     K_NULL = 0, K_BOOLEAN, K_INT, K_LONG, K_FLOAT, K_DOUBLE, K_STRING, K_BYTES,
@@ -141,8 +147,10 @@ as_double(PyObject *v, double *out)
 
 static int write_value(Buf *b, const Node *node, PyObject *v);
 
+/* Field `override_at` (-1: none) takes `override` instead of r's value: the
+ * agent's envelope, written without first copying the body into a new dict. */
 static int
-write_record(Buf *b, const Node *node, PyObject *r)
+write_fields(Buf *b, const Node *node, PyObject *r, Py_ssize_t override_at, PyObject *override)
 {
     if (!PyDict_Check(r)) {
         PyErr_SetString(PyExc_TypeError, "expected a record (dict)");
@@ -150,7 +158,7 @@ write_record(Buf *b, const Node *node, PyObject *r)
     }
     for (Py_ssize_t i = 0; i < node->nfields; i++) {
         const Field *f = &node->fields[i];
-        PyObject *v = PyDict_GetItemWithError(r, f->name);
+        PyObject *v = i == override_at ? override : PyDict_GetItemWithError(r, f->name);
         if (v == NULL) {
             if (PyErr_Occurred())
                 return -1;
@@ -167,6 +175,12 @@ write_record(Buf *b, const Node *node, PyObject *r)
             return -1;
     }
     return 0;
+}
+
+static int
+write_record(Buf *b, const Node *node, PyObject *r)
+{
+    return write_fields(b, node, r, -1, NULL);
 }
 
 /* A str as UTF-8 with its length; `what` names it in the error (a field's
@@ -438,8 +452,14 @@ node_parse(PyObject *prog, int depth)
 typedef struct {
     PyObject_HEAD
     Node *root;
-    Py_ssize_t hint;  /* the last record's size: the next buffer starts there */
+    Py_ssize_t hint;    /* the last record's size: the next buffer starts there */
+    Py_ssize_t env_at;  /* the root's field named "envelope", or -1 */
 } Writer;
+
+/* OpenSSL's one-shot SHA256(), from the libcrypto Python's hashlib loaded
+ * (use_sha256): hashlib's per-call lookup of the digest cost as much as the
+ * hash of a small message. NULL until loaded: seal() then refuses. */
+static unsigned char *(*sha256_fn)(const unsigned char *, size_t, unsigned char *);
 
 static int
 Writer_init(Writer *self, PyObject *args, PyObject *kwds)
@@ -459,6 +479,11 @@ Writer_init(Writer *self, PyObject *args, PyObject *kwds)
     node_free(self->root);
     self->root = root;
     self->hint = 256;
+    self->env_at = -1;
+    for (Py_ssize_t i = 0; i < root->nfields; i++) {
+        if (PyUnicode_CompareWithASCIIString(root->fields[i].name, "envelope") == 0)
+            self->env_at = i;
+    }
     return 0;
 }
 
@@ -469,31 +494,26 @@ Writer_dealloc(Writer *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* head + the record in Avro binary, the root's field `override_at` taking
+ * `override` (-1: none). */
 static PyObject *
-Writer_call(Writer *self, PyObject *args, PyObject *kwds)
+encode(Writer *self, PyObject *record, const char *head, Py_ssize_t head_len,
+       Py_ssize_t override_at, PyObject *override)
 {
-    PyObject *record;
-    Py_buffer head = {0};
-    static char *kwlist[] = {"record", "head", NULL};
     if (self->root == NULL) {
         PyErr_SetString(PyExc_ValueError, "Writer not initialised");
         return NULL;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|y*:write", kwlist, &record, &head))
-        return NULL;
     Buf b;
-    b.cap = head.len + self->hint;
+    b.cap = head_len + self->hint;
     b.bytes = PyBytes_FromStringAndSize(NULL, b.cap);
-    if (b.bytes == NULL) {
-        PyBuffer_Release(&head);
+    if (b.bytes == NULL)
         return NULL;
-    }
     b.p = PyBytes_AS_STRING(b.bytes);
-    if (head.len)
-        memcpy(b.p, head.buf, (size_t)head.len);
-    b.len = head.len;
-    PyBuffer_Release(&head);
-    if (write_record(&b, self->root, record) < 0) {
+    if (head_len)
+        memcpy(b.p, head, (size_t)head_len);
+    b.len = head_len;
+    if (write_fields(&b, self->root, record, override_at, override) < 0) {
         Py_XDECREF(b.bytes);
         return NULL;
     }
@@ -502,6 +522,65 @@ Writer_call(Writer *self, PyObject *args, PyObject *kwds)
         return NULL;
     return b.bytes;
 }
+
+static PyObject *
+Writer_call(Writer *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *record;
+    Py_buffer head = {0};
+    static char *kwlist[] = {"record", "head", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|y*:write", kwlist, &record, &head))
+        return NULL;
+    PyObject *out = encode(self, record, head.buf, head.len, -1, NULL);
+    PyBuffer_Release(&head);
+    return out;
+}
+
+/* seal(body, head, envelope) -> (value, sha256(value)): the agent's per-event
+ * step in one call. `envelope` is written as the root's "envelope" field
+ * (body's own, if any, is not read), and the digest is the event's chain
+ * hash. */
+static PyObject *
+Writer_seal(Writer *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "seal(body, head: bytes, envelope)");
+        return NULL;
+    }
+    if (sha256_fn == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "SHA-256 not loaded: call use_sha256(path) first");
+        return NULL;
+    }
+    if (self->env_at < 0) {
+        PyErr_SetString(PyExc_ValueError, "this schema has no envelope field");
+        return NULL;
+    }
+    PyObject *value = encode(self, args[0], PyBytes_AS_STRING(args[1]), PyBytes_GET_SIZE(args[1]),
+                             self->env_at, args[2]);
+    if (value == NULL)
+        return NULL;
+    unsigned char md[32];
+    sha256_fn((const unsigned char *)PyBytes_AS_STRING(value), (size_t)PyBytes_GET_SIZE(value), md);
+    PyObject *digest = PyBytes_FromStringAndSize((const char *)md, 32);
+    if (digest == NULL) {
+        Py_DECREF(value);
+        return NULL;
+    }
+    PyObject *out = PyTuple_New(2);
+    if (out == NULL) {
+        Py_DECREF(value);
+        Py_DECREF(digest);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, value);
+    PyTuple_SET_ITEM(out, 1, digest);
+    return out;
+}
+
+static PyMethodDef Writer_methods[] = {
+    {"seal", (PyCFunction)(void (*)(void))Writer_seal, METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
 
 static PyTypeObject WriterType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -513,6 +592,46 @@ static PyTypeObject WriterType = {
     .tp_init = (initproc)Writer_init,
     .tp_dealloc = (destructor)Writer_dealloc,
     .tp_call = (ternaryfunc)Writer_call,
+    .tp_methods = Writer_methods,
+};
+
+/* use_sha256(path): SHA256() from the libcrypto at `path`, which must be
+ * loaded already (RTLD_NOLOAD: hashlib's own copy, never a second one). */
+static PyObject *
+use_sha256(PyObject *mod, PyObject *args)
+{
+    const char *path;
+    (void)mod;
+    if (!PyArg_ParseTuple(args, "s:use_sha256", &path))
+        return NULL;
+    void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD | RTLD_LOCAL);
+    if (h == NULL) {
+        PyErr_Format(PyExc_ImportError, "%s is not loaded: %s", path, dlerror());
+        return NULL;
+    }
+    void *fn = dlsym(h, "SHA256");
+    if (fn == NULL) {
+        PyErr_Format(PyExc_ImportError, "%s has no SHA256", path);
+        return NULL;
+    }
+    /* Checked before use: the digest of "abc" (FIPS 180-2). */
+    static const unsigned char abc[32] = {
+        0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde, 0x5d, 0xae, 0x22, 0x23,
+        0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad};
+    unsigned char md[32];
+    ((unsigned char *(*)(const unsigned char *, size_t, unsigned char *))fn)(
+        (const unsigned char *)"abc", 3, md);
+    if (memcmp(md, abc, 32) != 0) {
+        PyErr_Format(PyExc_ImportError, "%s: SHA256 gives a wrong digest", path);
+        return NULL;
+    }
+    *(void **)(&sha256_fn) = fn;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"use_sha256", use_sha256, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
@@ -520,6 +639,7 @@ static struct PyModuleDef module = {
     .m_name = "_avrowrite",
     .m_doc = "Avro binary writer in C for the schema subset of schemas/fastwrite.py.",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC

@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
 
 from schemas.errors import CorruptPayloadError, EncodeError, NotSingleObjectError
+from schemas.nativewrite import sha256_loaded
 from schemas.registry import Registry, SchemaVersion
 
-__all__ = ["MARKER", "Decoded", "decode", "encode", "encode_version", "event_hash"]
+__all__ = [
+    "MARKER",
+    "Decoded",
+    "Sealer",
+    "decode",
+    "encode",
+    "encode_version",
+    "event_hash",
+    "sealer",
+]
 
 MARKER = b"\xc3\x01"
 _HEADER = len(MARKER) + 8
@@ -55,6 +66,34 @@ def encode_version(schema: SchemaVersion, record: dict[str, Any]) -> bytes:
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
         raise EncodeError(f"{name}: {exc}") from exc
     return buf.getvalue()
+
+
+Sealer = Callable[[dict[str, Any], dict[str, Any]], tuple[bytes, bytes]]
+
+
+def sealer(schema: SchemaVersion) -> Sealer:
+    """`seal(body, envelope) -> (value, event_hash(value))`: the agent's step
+    per event, `body` written with `envelope` as its envelope field. The C
+    writer does both in one call without copying `body` into a new dict;
+    otherwise the same by `encode_version` and `event_hash`."""
+    write = schema.write
+    name, head = schema.name, schema.head
+    seal = getattr(write, "seal", None)
+    if seal is not None and sha256_loaded():
+
+        def native(body: dict[str, Any], envelope: dict[str, Any]) -> tuple[bytes, bytes]:
+            try:
+                return seal(body, head, envelope)  # type: ignore[no-any-return]
+            except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+                raise EncodeError(f"{name}: {exc}") from exc
+
+        return native
+
+    def python(body: dict[str, Any], envelope: dict[str, Any]) -> tuple[bytes, bytes]:
+        value = encode_version(schema, {**body, "envelope": envelope})
+        return value, event_hash(value)
+
+    return python
 
 
 def decode(registry: Registry, data: bytes) -> Decoded:

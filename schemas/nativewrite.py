@@ -13,17 +13,28 @@ both to.
 
 from __future__ import annotations
 
+import functools
 import os
+from pathlib import Path
 from typing import Any
 
-__all__ = ["AVAILABLE", "DISABLE_ENV", "describe", "native_writer", "program"]
+__all__ = [
+    "AVAILABLE",
+    "DISABLE_ENV",
+    "describe",
+    "loaded_library",
+    "native_writer",
+    "program",
+    "sha256_loaded",
+]
 
 DISABLE_ENV = "TRAINTRAIL_PURE_PYTHON"
 
 try:
     from schemas._avrowrite import Writer as _Writer
+    from schemas._avrowrite import use_sha256 as _use_sha256
 except ImportError:  # built without a compiler: the Python writers serve
-    _Writer = None
+    _Writer = _use_sha256 = None
 
 AVAILABLE = _Writer is not None
 
@@ -99,3 +110,37 @@ def describe() -> str:
     if os.environ.get(DISABLE_ENV):
         return f"python ({DISABLE_ENV} is set)"
     return "c"
+
+
+def loaded_library(fragment: str, maps: Path = Path("/proc/self/maps")) -> str | None:
+    """The path of a shared library this process has loaded whose file name
+    contains `fragment` (e.g. "libcrypto"), from its memory map; None where
+    there is none or no map (not Linux)."""
+    try:
+        lines = maps.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:  # address perms offset device inode [path]
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and fragment in Path(parts[5]).name and ".so" in parts[5]:
+            return parts[5].strip()
+    return None
+
+
+@functools.cache
+def sha256_loaded() -> bool:
+    """Whether the C writer can seal (encode and hash in one call): it takes
+    OpenSSL's SHA256() from the libcrypto hashlib loaded, checked on a known
+    digest first."""
+    if _use_sha256 is None:
+        return False
+    import _hashlib  # noqa: F401  (loads libcrypto)
+
+    path = loaded_library("libcrypto")
+    if path is None:
+        return False
+    try:
+        _use_sha256(path)
+    except ImportError:
+        return False
+    return True

@@ -10,7 +10,6 @@ schema, found by the 8-byte CRC-64-AVRO fingerprint in the message header.
 from __future__ import annotations
 
 import functools
-
 import json
 import re
 from dataclasses import dataclass, field

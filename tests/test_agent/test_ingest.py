@@ -7,6 +7,7 @@ critical spool, which refuses rather than drops.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from pathlib import Path
 from typing import Any
@@ -56,3 +57,42 @@ def test_every_hardware_sample_type_is_a_sample_type() -> None:
     refuse when full, like a training event."""
     samples = {k for k, topic in TOPIC_OF.items() if topic == "hardware" and "Sample" in k}
     assert samples == set(SAMPLE_TYPES)
+
+
+def test_the_chain_runs_through_a_batch_and_across_batches(tmp_path: Path) -> None:
+    """Two streams interleaved in one batch, a refused event and a repeated one
+    among them, then a second batch: each stream's seq counts its spooled
+    events only, and each prev_hash is the SHA-256 of that stream's previous
+    event's bytes."""
+    critical, samples = Spool(tmp_path / "c"), Spool(tmp_path / "s", overflow="drop_oldest")
+    critical.open()
+    samples.open()
+    ingest = Ingest(Chain(), critical, samples, default_registry(), "n1", "tt")
+    a1, b1, bad = _event("RunStarted"), _event("GpuEvent"), _event("RunStarted")
+    a2 = _event("Metrics")
+    a1["stream"] = bad["stream"] = a2["stream"] = "run/a"
+    b1["stream"] = "gpu/b"
+    bad["body"] = {**bad["body"], "pid": "not a number"}
+    accepted, rejected = ingest.accept([a1, b1, bad, a1, a2])
+    assert accepted == 4 and [r.event_id for r in rejected] == [bad["event_id"]]
+    b2, a3 = _event("GpuEvent"), _event("RunFinished")
+    b2["stream"], a3["stream"] = "gpu/b", "run/a"
+    assert ingest.accept([b2, a3, b1]) == (3, [])  # b1 again: already spooled
+    critical.close()
+    spool = Spool(tmp_path / "c")
+    spool.open()
+    values = [r.value for r in spool.pending()]
+    envelopes = [decode(default_registry(), v).record["envelope"] for v in values]
+    assert [(e["event_id"], e["stream"], e["seq"]) for e in envelopes] == [
+        (a1["event_id"], "run/a", 0),
+        (b1["event_id"], "gpu/b", 0),
+        (a2["event_id"], "run/a", 1),
+        (b2["event_id"], "gpu/b", 1),
+        (a3["event_id"], "run/a", 2),
+    ]
+    last: dict[str, bytes] = {}
+    for value, env in zip(values, envelopes, strict=True):
+        assert env["prev_hash"] == last.get(env["stream"], b"")
+        assert env["node"] == "n1"
+        last[env["stream"]] = hashlib.sha256(value).digest()
+    assert {s: link.hash for s, link in ingest.chain.links.items()} == last

@@ -14,9 +14,20 @@ import pytest
 from fastavro import parse_schema
 
 from schemas import default_registry
+from schemas.codec import encode_version, event_hash, sealer
+from schemas.errors import EncodeError
 from schemas.fastwrite import compile_writer
-from schemas.nativewrite import AVAILABLE, DISABLE_ENV, Unsupported, native_writer, program
+from schemas.nativewrite import (
+    AVAILABLE,
+    DISABLE_ENV,
+    Unsupported,
+    loaded_library,
+    native_writer,
+    program,
+    sha256_loaded,
+)
 from schemas.registry import Registry
+from schemas.topics import TOPIC_OF
 from tests.samples import record
 
 needs_c = pytest.mark.skipif(not AVAILABLE, reason="C writer not built")
@@ -150,3 +161,81 @@ def test_an_array_changed_while_written_is_refused_not_misread() -> None:
     xs.extend([Shrinks(), 2, 3])
     with pytest.raises(ValueError, match="changed size"):
         write({"xs": xs})
+
+
+def test_seal_is_encode_then_hash_for_every_type() -> None:
+    """The agent's one call per event: the same bytes as writing the body
+    with its envelope, and their SHA-256, by whichever writer runs."""
+    reg = default_registry()
+    for name in TOPIC_OF:
+        version = reg.current(name)
+        rec = record(name)
+        env = rec.pop("envelope")
+        value = encode_version(version, {**rec, "envelope": env})
+        assert sealer(version)(rec, env) == (value, event_hash(value)), name
+        # A body's own envelope field is not the one written.
+        stale = {**env, "seq": 99}
+        assert sealer(version)({**rec, "envelope": stale}, env)[0] == value, name
+
+
+@needs_c
+def test_the_c_seal_is_chosen_and_refuses_bad_input() -> None:
+    assert sha256_loaded()
+    gpu = default_registry().current("GpuSamples")
+    assert sealer(gpu).__name__ == "native"
+    rec = record("GpuSamples")
+    env = rec.pop("envelope")
+    seal = gpu.write.seal  # type: ignore[union-attr]
+    with pytest.raises(TypeError, match="seal"):
+        seal(rec, gpu.head)
+    with pytest.raises(TypeError, match="seal"):
+        seal(rec, "not bytes", env)
+    with pytest.raises(TypeError):
+        seal(rec, gpu.head, "not a record")
+    with pytest.raises(EncodeError):
+        sealer(gpu)(rec, {**env, "seq": "x"})
+    no_envelope = native_writer(
+        parse_schema({"type": "record", "name": "R", "fields": [{"name": "a", "type": "int"}]})
+    )
+    assert no_envelope is not None
+    with pytest.raises(ValueError, match="no envelope"):
+        no_envelope.seal({"a": 1}, b"", {})
+
+
+@needs_c
+def test_seal_holds_no_references() -> None:
+    gpu = default_registry().current("GpuSamples")
+    rec = record("GpuSamples")
+    env = rec.pop("envelope")
+    bad = {**env, "seq": "x"}
+    seal = gpu.write.seal  # type: ignore[union-attr]
+    before = (sys.getrefcount(rec), sys.getrefcount(env), sys.getrefcount(bad))
+    for _ in range(1000):
+        seal(rec, gpu.head, env)
+        with pytest.raises(TypeError):
+            seal(rec, gpu.head, bad)
+    assert (sys.getrefcount(rec), sys.getrefcount(env), sys.getrefcount(bad)) == before
+
+
+def test_loaded_library_reads_the_memory_map(tmp_path: Path) -> None:
+    maps = tmp_path / "maps"
+    maps.write_text(
+        "7f00-7f01 r--p 00000000 fd:01 1 /usr/lib/libc.so.6\n"
+        "7f02-7f03 rw-p 00000000 00:00 0 \n"
+        "7f04-7f05 r-xp 00001000 fd:01 2 /opt/a b/libcrypto.so.3\n"
+    )
+    assert loaded_library("libcrypto", maps) == "/opt/a b/libcrypto.so.3"
+    assert loaded_library("librdkafka", maps) is None
+    assert loaded_library("libcrypto", tmp_path / "absent") is None
+
+
+@needs_c
+def test_use_sha256_takes_only_a_loaded_library(tmp_path: Path) -> None:
+    from schemas._avrowrite import use_sha256  # type: ignore[import-not-found]
+
+    with pytest.raises(ImportError, match="not loaded"):
+        use_sha256(str(tmp_path / "libcrypto.so.3"))
+    libc = loaded_library("libc.so") or loaded_library("libc-")
+    if libc is not None:
+        with pytest.raises(ImportError, match="no SHA256"):
+            use_sha256(libc)

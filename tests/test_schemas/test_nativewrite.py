@@ -239,3 +239,17 @@ def test_use_sha256_takes_only_a_loaded_library(tmp_path: Path) -> None:
     if libc is not None:
         with pytest.raises(ImportError, match="no SHA256"):
             use_sha256(libc)
+
+
+def test_a_large_message_is_sealed_alike() -> None:
+    """From 64 KB the C seal hashes without the GIL (other threads run
+    meanwhile); the bytes and the digest are the same."""
+    from bench.agent_overhead import metrics_events
+
+    (ev,), _ = metrics_events(1)
+    version = default_registry().current("Metrics")
+    env = record("Metrics")["envelope"]
+    value, digest = sealer(version)(ev["body"], env)
+    assert len(value) > 64 * 1024
+    assert value == encode_version(version, {**ev["body"], "envelope": env})
+    assert digest == event_hash(value)

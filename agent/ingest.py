@@ -16,7 +16,7 @@ in. Nothing critical is dropped silently.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +76,10 @@ class Ingest:
     runs: RunRegistry | None = None
     accepted: int = 0
     refused: int = 0
-    _recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    # The last _RECENT_IDS spooled event ids, to take a resent event once: a
+    # set to look up and a deque of the same ids, oldest first, to forget by.
+    _recent: set[str] = field(default_factory=set)
+    _recent_order: deque[str] = field(default_factory=deque)
     _last_alert: float = 0.0
     _kinds: dict[str, _Kind] = field(default_factory=dict)
 
@@ -137,9 +140,10 @@ class Ingest:
     def _commit(self, part: _Staged) -> None:
         for stream, (seq, digest) in part.links.items():
             self.chain.link(stream, seq, digest)
-        self._recent.update(dict.fromkeys(part.event_ids))
-        while len(self._recent) > _RECENT_IDS:
-            self._recent.popitem(last=False)
+        self._recent.update(part.event_ids)  # ids new to it: known ones were skipped
+        self._recent_order.extend(part.event_ids)
+        while len(self._recent_order) > _RECENT_IDS:
+            self._recent.discard(self._recent_order.popleft())
         self.accepted += len(part.entries)
 
     def _track_runs(self, events: list[dict[str, Any]], spooled: list[str]) -> None:

@@ -96,3 +96,25 @@ def test_the_chain_runs_through_a_batch_and_across_batches(tmp_path: Path) -> No
         assert env["node"] == "n1"
         last[env["stream"]] = hashlib.sha256(value).digest()
     assert {s: link.hash for s, link in ingest.chain.links.items()} == last
+
+
+def test_a_resent_event_is_taken_once_while_remembered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK resends a batch it got no answer for: ids still remembered are
+    accepted without being spooled again; the window keeps the newest ids."""
+    monkeypatch.setattr("agent.ingest._RECENT_IDS", 3)
+    critical, samples = Spool(tmp_path / "c"), Spool(tmp_path / "s", overflow="drop_oldest")
+    critical.open()
+    samples.open()
+    ingest = Ingest(Chain(), critical, samples, default_registry(), "n1", "tt")
+    events = [_event("RunStarted") for _ in range(5)]
+    assert ingest.accept(events[:2]) == (2, [])
+    assert ingest.accept(events[:2]) == (2, [])  # resent: nothing new spooled
+    assert critical.stats().pending == 2
+    assert ingest.accept(events[2:]) == (3, [])  # the window now holds events 2-4
+    assert ingest.accept(events[2:]) == (3, [])
+    assert critical.stats().pending == 5
+    assert ingest.accept(events[:1]) == (1, [])  # forgotten: spooled again
+    assert critical.stats().pending == 6
+    assert len(ingest._recent) == len(ingest._recent_order) == 3

@@ -32,22 +32,28 @@ class Chain:
     links: dict[str, Link] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def envelope(self, stream: str, event_id: str, time_us: int, node: str) -> dict[str, Any]:
-        """The envelope of the next event on `stream` (not yet linked: see `link`)."""
-        last = self.links.get(stream)
+    def envelope(
+        self,
+        stream: str,
+        event_id: str,
+        time_us: int,
+        node: str,
+        after: tuple[int, bytes] | None = None,
+    ) -> dict[str, Any]:
+        """The envelope of the next event on `stream` (not yet linked: see
+        `link`). It follows the stream's last linked event, or `after` (seq,
+        hash): an event of the same batch not yet linked."""
+        if after is None:
+            last = self.links.get(stream)
+            after = None if last is None else (last.seq, last.hash)
         return {
             "event_id": event_id,
             "time_us": time_us,
             "node": node,
             "stream": stream,
-            "seq": 0 if last is None else last.seq + 1,
-            "prev_hash": b"" if last is None else last.hash,
+            "seq": 0 if after is None else after[0] + 1,
+            "prev_hash": b"" if after is None else after[1],
         }
-
-    def next(self, stream: str) -> tuple[int, bytes]:
-        """(seq, prev_hash) of the next event on `stream` (see `envelope`)."""
-        last = self.links.get(stream)
-        return (0, b"") if last is None else (last.seq + 1, last.hash)
 
     def link(self, stream: str, seq: int, digest: bytes) -> None:
         """Record that the event `seq` with hash `digest` is now the stream's last."""

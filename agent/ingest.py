@@ -27,7 +27,7 @@ from agent.errors import SpoolFullError
 from agent.runs import RunRegistry
 from agent.sources.base import event
 from agent.spool import Spool
-from schemas import Registry, SchemaError, encode, event_hash
+from schemas import Registry, SchemaError
 from schemas.codec import Sealer, sealer
 from schemas.topics import TOPIC_OF, topic_for
 
@@ -189,22 +189,22 @@ class Ingest:
         stream = ev["stream"]
         if type(stream) is not str:
             stream = str(stream)
-        last = pending.get(stream)
-        seq, prev_hash = self.chain.next(stream) if last is None else (last[0] + 1, last[1])
         body = ev["body"]
         if not isinstance(body, dict):
             raise TypeError("body must be an object")
-        envelope = {
-            "event_id": event_id,
-            "time_us": int(ev["time_us"]),
-            "node": self.node,
-            "stream": stream,
-            "seq": seq,
-            "prev_hash": prev_hash,
-        }
+        envelope = self.chain.envelope(
+            stream, event_id, int(ev["time_us"]), self.node, pending.get(stream)
+        )
         value, digest = kind.seal(body, envelope)
         key = ev.get("key") or stream
-        return kind, stream, seq, value, digest, (key if type(key) is str else str(key)).encode()
+        return (
+            kind,
+            stream,
+            envelope["seq"],
+            value,
+            digest,
+            (key if type(key) is str else str(key)).encode(),
+        )
 
     def _alert_full(self, exc: SpoolFullError) -> None:
         """Log an alert and send one through the samples spool (which makes
@@ -233,13 +233,12 @@ class Ingest:
             },
         )
         try:
+            kind = self._kind("Alert")
             envelope = self.chain.envelope(
                 alert["stream"], alert["event_id"], alert["time_us"], self.node
             )
-            value = encode(self.registry, "Alert", {**alert["body"], "envelope": envelope})
-            self.samples.append(
-                [(topic_for(self.topic_prefix, "Alert"), self.node.encode(), value)]
-            )
-            self.chain.link(alert["stream"], envelope["seq"], event_hash(value))
+            value, digest = kind.seal(alert["body"], envelope)
+            self.samples.append([(kind.topic, self.node.encode(), value)])
+            self.chain.link(alert["stream"], envelope["seq"], digest)
         except (SchemaError, SpoolFullError) as err:
             log.error("could not spool the spool-full alert", error=str(err))

@@ -92,7 +92,7 @@ def _write_all(fd: int, pieces: list[bytes], size: int) -> None:
     nothing held back in a buffer after an error (a buffered file writes
     it with its next flush: a refused batch would reach the disk after all).
     A short write (the disk filling up) goes on where it stopped."""
-    done, i, skip = 0, 0, 0
+    done, i, skip = 0, 0, 0  # bytes written; first piece not wholly written; its bytes written
     while True:
         chunk: Sequence[bytes | memoryview] = pieces  # the common case: one call, as given
         if done or len(pieces) > _IOV_MAX:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from agent.envelope import Chain
+from agent.errors import SpoolFullError
 from agent.ingest import SAMPLE_TYPES, Ingest
 from agent.spool import Spool
 from schemas import decode, default_registry
@@ -118,3 +119,25 @@ def test_a_resent_event_is_taken_once_while_remembered(
     assert ingest.accept(events[:1]) == (1, [])  # forgotten: spooled again
     assert critical.stats().pending == 6
     assert len(ingest._recent) == len(ingest._recent_order) == 3
+
+
+def test_a_full_critical_spool_raises_and_sends_one_alert(tmp_path: Path) -> None:
+    """The refused batch raises; an Alert goes through the samples spool,
+    chained on the agent's stream like any event."""
+    critical = Spool(tmp_path / "c", max_bytes=200)
+    samples = Spool(tmp_path / "s", overflow="drop_oldest")
+    critical.open()
+    samples.open()
+    ingest = Ingest(Chain(), critical, samples, default_registry(), "n1", "tt")
+    with pytest.raises(SpoolFullError):
+        ingest.accept([_event("RunStarted")])
+    with pytest.raises(SpoolFullError):
+        ingest.accept([_event("RunStarted")])  # within the minute: no second alert
+    assert ingest.refused == 2
+    records = list(samples.pending())
+    assert len(records) == 1 and records[0].topic == "tt." + TOPIC_OF["Alert"]
+    alert = decode(default_registry(), records[0].value).record
+    assert alert["detector"] == "agent_spool_full" and alert["severity"] == "critical"
+    assert (alert["envelope"]["stream"], alert["envelope"]["seq"]) == ("agent/n1", 0)
+    link = ingest.chain.links["agent/n1"]
+    assert (link.seq, link.hash) == (0, hashlib.sha256(records[0].value).digest())

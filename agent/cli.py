@@ -89,6 +89,14 @@ def _status_text(st: dict[str, Any]) -> str:
         f"failed {k['failed']}, last delivery "
         + (f"{time.time() - last:.1f} s ago" if last else "never"),
         f"events    accepted {st['events']['accepted']}, refused {st['events']['refused']}",
+    ]
+    if "ingest" in st:
+        ing = st["ingest"]
+        lines.append(
+            f"ingest    {ing['queued_events']} events queued; the ingest thread committed "
+            f"{ing['requests']} batches in {ing['commits']} writes"
+        )
+    lines += [
         f"encoder   {st.get('avro_writer', 'unknown')}",
         f"producer  {st.get('kafka_producer', 'unknown')}",
     ]

@@ -27,7 +27,9 @@ from agent.alert_relay import AlertRelay
 from agent.config import AgentConfig, load_config
 from agent.envelope import Chain
 from agent.errors import SpoolFullError
-from agent.ingest import Ingest
+from agent.groupcommit import GroupCommit
+from agent.ingest import SAMPLE_TYPES, Accepted, Accepts, Ingest
+from agent.memory import keep_freed_memory
 from agent.metrics import StatusServer, status
 from agent.runs import RunRegistry
 from agent.shipper import Shipper
@@ -143,6 +145,7 @@ class Agent:
             self.config.kafka_topic_prefix,
             runs=self.runs,
         )
+        self.commit = GroupCommit(self.ingest)
         self.relay = (
             AlertRelay(
                 self.config.kafka_bootstrap,
@@ -153,7 +156,7 @@ class Agent:
             if self.config.agent_alert_relay
             else None
         )
-        self.socket = SdkSocketServer(self.config.agent_socket, self.ingest, self.relay)
+        self.socket = SdkSocketServer(self.config.agent_socket, self.commit, self.relay)
         self.status_server = StatusServer(
             self.config.agent_metrics_host,
             self.config.agent_metrics_port,
@@ -167,12 +170,14 @@ class Agent:
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
+        keep_freed_memory(self.config.agent_malloc_keep_mb * 2**20)
         waiting = self.critical.open() + self.samples.open()
         self._recover_chain()
         log.info("spool checked", records_waiting=waiting, streams=len(self.chain.links))
         log.info("avro writer", writer=describe())
         log.info("kafka producer", producer=kafkacore.describe())
         self.shipper.start()
+        self.commit.start()
         self._import_sdk_spools()
         if self.config.sdk_spool_scan_s > 0:
             self._scan = threading.Thread(target=self._scan_sdk_spools, name="sdk-spool-scan")
@@ -189,7 +194,7 @@ class Agent:
 
     def _import_sdk_spools(self) -> None:
         try:
-            imported = import_sdk_spools(self.ingest, Path(self.config.sdk_spool_dir))
+            imported = import_sdk_spools(self.commit, Path(self.config.sdk_spool_dir))
         except (OSError, SpoolFullError) as exc:  # the files stay; the next scan retries
             log.error("importing SDK spools failed", error=str(exc))
             return
@@ -224,6 +229,7 @@ class Agent:
         self.socket.stop()
         if self.relay is not None:
             self.relay.stop()
+        self.commit.stop()  # what the sources posted reaches the spool first
         left = self.shipper.stop(self.config.agent_stop_timeout_s)
         self.chain.save(self.chain_path)
         self.critical.close()
@@ -306,12 +312,28 @@ class Agent:
         self._running = []
 
     def _run_source(self, source: Source, stop: threading.Event) -> None:
+        """Run `source` on this thread. Its hardware samples are posted to the
+        group commit without waiting (nobody acknowledges them; a full
+        samples spool drops them by policy anyway); anything else (access
+        events, XID errors) waits for the spool, so a source that saves a
+        file position or retries does so only for what is spooled. A source
+        counts what it emitted; this counts what was rejected or refused."""
+
+        def count(result: Accepted | Exception, n: int) -> None:
+            if isinstance(result, Exception):
+                source.stats.count(errors=n)
+            elif result[1]:
+                source.stats.count(errors=len(result[1]))
+
         def emit(events: list[dict[str, Any]]) -> None:
+            n = len(events)
+            if all(ev.get("type") in SAMPLE_TYPES for ev in events):
+                self.commit.post(events, lambda result: count(result, n))
+                return
             try:
-                _accepted, rejected = self.ingest.accept(events)
-                source.stats.count(emitted=len(events) - len(rejected), errors=len(rejected))
-            except SpoolFullError:
-                source.stats.count(errors=len(events))  # alerted by ingest
+                count(self.commit.accept(events), n)
+            except SpoolFullError as exc:
+                count(exc, n)  # alerted by ingest
 
         # Each source says it is alive itself, once it is ready (an inotify source
         # after its watches are in place), so "alive" never promises too early.
@@ -332,11 +354,16 @@ class Agent:
             self.shipper,
             [r.source for r in self._running],
         )
+        out["ingest"] = {
+            "queued_events": self.commit.queued_events,
+            "commits": self.commit.batches,
+            "requests": self.commit.requests,
+        }
         out["alert_relay"] = self.relay.stats() if self.relay is not None else {"enabled": False}
         return out
 
 
-def import_sdk_spools(ingest: Ingest, directory: Path) -> int:
+def import_sdk_spools(ingest: Accepts, directory: Path) -> int:
     """Send what SDKs spooled while no agent was listening.
 
     Files are `<run_id>.<pid>.jsonl`; a file whose process still lives is left

@@ -18,12 +18,12 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from agent.envelope import Chain
-from agent.errors import SpoolFullError
+from agent.errors import SpoolError, SpoolFullError
 from agent.runs import RunRegistry
 from agent.sources.base import event
 from agent.spool import Spool
@@ -31,7 +31,7 @@ from schemas import Registry, SchemaError
 from schemas.codec import Sealer, sealer
 from schemas.topics import TOPIC_OF, topic_for
 
-__all__ = ["SAMPLE_TYPES", "Ingest", "Rejected"]
+__all__ = ["SAMPLE_TYPES", "Accepted", "Accepts", "Batch", "Ingest", "Rejected"]
 
 log = structlog.get_logger("traintrail.ingest")
 
@@ -46,14 +46,30 @@ class Rejected:
     error: str
 
 
+# What accept returns: how many events were taken, and the ones rejected.
+Accepted = tuple[int, list[Rejected]]
+# One sender's events and the event types it may send (None: any).
+Batch = tuple[list[dict[str, Any]], frozenset[str] | None]
+
+
+class Accepts(Protocol):
+    """What senders hand events to: `Ingest` itself, or the daemon's group
+    commit in front of it (agent/groupcommit.py)."""
+
+    def accept(
+        self, events: list[dict[str, Any]], allowed: frozenset[str] | None = None
+    ) -> Accepted: ...
+
+
 @dataclass
 class _Staged:
     """One spool's part of a batch: its entries, the last link of each stream
-    it advances, and its event ids."""
+    it advances, its event ids and whose they are."""
 
     entries: list[tuple[str, bytes, bytes]] = field(default_factory=list)
     links: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     event_ids: list[str] = field(default_factory=list)
+    owners: list[int] = field(default_factory=list)  # each event's batch, in accept_many
 
 
 @dataclass(frozen=True)
@@ -85,20 +101,52 @@ class Ingest:
 
     def accept(
         self, events: list[dict[str, Any]], allowed: frozenset[str] | None = None
-    ) -> tuple[int, list[Rejected]]:
+    ) -> Accepted:
         """Spool `events` durably. Returns (accepted, rejected); a resent
         event_id that was already spooled counts as accepted, not again.
 
         Raises SpoolFullError when the critical spool refuses the batch: then
         nothing of the batch's critical events was kept."""
-        rejected: list[Rejected] = []
+        (result,) = self.accept_many([(events, allowed)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def accept_many(self, batches: list[Batch]) -> list[Accepted | Exception]:
+        """Spool several senders' batches as one (one write per spool, one
+        fsync): for each, what `accept` returns or the exception it raises.
+        When the batches fail together (a full or failing spool), each is
+        taken again on its own, so one sender's refusal is not another's."""
         with self.chain.lock:
-            critical, samples = _Staged(), _Staged()
-            # Per stream, the link the batch's next event follows: the chain's
-            # until an earlier event of this batch took the stream on.
-            pending: dict[str, tuple[int, bytes]] = {}
-            seen: set[str] = set()  # this batch's ids: a batch may repeat an event
-            recent = self._recent
+            if len(batches) > 1:
+                try:
+                    return list(self._accept_together(batches))
+                except SpoolError:
+                    pass  # nothing of it linked: the chain is where it was
+            out: list[Accepted | Exception] = []
+            for batch in batches:
+                try:
+                    out += self._accept_together([batch], alone=True)
+                except SpoolError as exc:
+                    out.append(exc)
+            return out
+
+    def _accept_together(self, batches: list[Batch], alone: bool = False) -> list[Accepted]:
+        """Stage, seal and append `batches` as one; raises SpoolError with
+        nothing of their critical events kept and the chain unchanged (a
+        refusal is counted and alerted when the batch is `alone`: batches
+        refused together are taken again one by one)."""
+        critical, samples = _Staged(), _Staged()
+        # Per stream, the link the next event follows: the chain's until an
+        # earlier event of these batches took the stream on.
+        pending: dict[str, tuple[int, bytes]] = {}
+        seen: set[str] = set()  # these batches' ids: a batch may repeat an event
+        recent = self._recent
+        rejected: list[list[Rejected]] = [[] for _ in batches]
+        kinds, kind_of, envelope, node = self._kinds, self._kind, self.chain.envelope, self.node
+        # One loop, no call per event but the envelope and the seal: at tens of
+        # thousands of small events a second, each Python call shows.
+        for owner, (events, allowed) in enumerate(batches):
             for ev in events:
                 event_id = ev.get("event_id", "")
                 if type(event_id) is not str:
@@ -106,36 +154,54 @@ class Ingest:
                 if event_id in recent or event_id in seen:
                     continue
                 try:
-                    kind, stream, seq, value, digest, key = self._encode(
-                        ev, event_id, pending, allowed
-                    )
+                    name = ev["type"]
+                    kind = kinds.get(name) or kind_of(name)
+                    if allowed is not None and name not in allowed:
+                        raise ValueError(f"event type {name!r} is not accepted here")
+                    stream = ev["stream"]
+                    if type(stream) is not str:
+                        stream = str(stream)
+                    body = ev["body"]
+                    if not isinstance(body, dict):
+                        raise TypeError("body must be an object")
+                    env = envelope(stream, event_id, int(ev["time_us"]), node, pending.get(stream))
+                    value, digest = kind.seal(body, env)
+                    key = ev.get("key") or stream
+                    key = (key if type(key) is str else str(key)).encode()
                 except (SchemaError, KeyError, TypeError, ValueError) as exc:
-                    rejected.append(Rejected(event_id, f"{type(exc).__name__}: {exc}"))
+                    rejected[owner].append(Rejected(event_id, f"{type(exc).__name__}: {exc}"))
                     continue
-                link = pending[stream] = (seq, digest)
+                link = pending[stream] = (env["seq"], digest)
                 part = samples if kind.sample else critical
                 part.entries.append((kind.topic, key, value))
                 part.links[stream] = link
                 part.event_ids.append(event_id)
+                part.owners.append(owner)
                 seen.add(event_id)
-            if critical.entries:
-                try:
-                    self.critical.append(critical.entries)
-                except SpoolFullError as exc:
+        if critical.entries:
+            try:
+                self.critical.append(critical.entries)
+            except SpoolFullError as exc:
+                if alone:
                     self.refused += len(critical.entries)
                     self._alert_full(exc)
-                    raise
-                self._commit(critical)
+                raise
+            self._commit(critical)
+            for events, _allowed in batches:
                 self._track_runs(events, critical.event_ids)
-            if samples.entries:
-                try:
-                    self.samples.append(samples.entries)
-                    self._commit(samples)
-                except SpoolFullError as exc:  # only a single batch larger than the limit
-                    rejected += [Rejected(i, str(exc)) for i in samples.event_ids]
-        for r in rejected:
-            log.warning("event rejected", event_id=r.event_id, error=r.error)
-        return len(events) - len(rejected), rejected
+        if samples.entries:
+            try:
+                self.samples.append(samples.entries)
+                self._commit(samples)
+            except SpoolFullError as exc:  # only a single batch larger than the limit
+                for owner, event_id in zip(samples.owners, samples.event_ids, strict=True):
+                    rejected[owner].append(Rejected(event_id, str(exc)))
+        for rs in rejected:
+            for r in rs:
+                log.warning("event rejected", event_id=r.event_id, error=r.error)
+        return [
+            (len(events) - len(rs), rs) for (events, _), rs in zip(batches, rejected, strict=True)
+        ]
 
     def _commit(self, part: _Staged) -> None:
         for stream, (seq, digest) in part.links.items():
@@ -173,38 +239,6 @@ class Ingest:
             )
             self._kinds[name] = kind
         return kind
-
-    def _encode(
-        self,
-        ev: dict[str, Any],
-        event_id: str,
-        pending: dict[str, tuple[int, bytes]],
-        allowed: frozenset[str] | None,
-    ) -> tuple[_Kind, str, int, bytes, bytes, bytes]:
-        """(kind, stream, seq, encoded value, its chain hash, key) of one event."""
-        name = ev["type"]
-        kind = self._kind(name)
-        if allowed is not None and name not in allowed:
-            raise ValueError(f"event type {name!r} is not accepted here")
-        stream = ev["stream"]
-        if type(stream) is not str:
-            stream = str(stream)
-        body = ev["body"]
-        if not isinstance(body, dict):
-            raise TypeError("body must be an object")
-        envelope = self.chain.envelope(
-            stream, event_id, int(ev["time_us"]), self.node, pending.get(stream)
-        )
-        value, digest = kind.seal(body, envelope)
-        key = ev.get("key") or stream
-        return (
-            kind,
-            stream,
-            envelope["seq"],
-            value,
-            digest,
-            (key if type(key) is str else str(key)).encode(),
-        )
 
     def _alert_full(self, exc: SpoolFullError) -> None:
         """Log an alert and send one through the samples spool (which makes

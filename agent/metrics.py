@@ -109,6 +109,17 @@ class _AgentCollector(Collector):
             "Critical events refused because the spool was full",
             value=st["events"]["refused"],
         )
+        if "ingest" in st:  # the daemon's group commit (agent/groupcommit.py)
+            yield GaugeMetricFamily(
+                f"{_PREFIX}_ingest_queued_events",
+                "Events handed in and waiting for the ingest thread",
+                value=st["ingest"]["queued_events"],
+            )
+            yield CounterMetricFamily(
+                f"{_PREFIX}_ingest_commits",
+                "Spool commits, each of one or more senders' batches",
+                value=st["ingest"]["commits"],
+            )
         k = st["kafka"]
         yield GaugeMetricFamily(
             f"{_PREFIX}_kafka_up", "0 while Kafka is unreachable", value=1.0 if k["up"] else 0.0

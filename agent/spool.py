@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import functools
 import os
 import threading
 from collections import deque
@@ -36,7 +37,7 @@ from typing import Literal, NamedTuple
 import structlog
 
 from agent.errors import SpoolError, SpoolFullError
-from agent.frames import frame, frames, read_unframed
+from agent.frames import framed, frames, read_unframed
 from agent.syncer import IntervalSync
 
 __all__ = ["Overflow", "Record", "Spool", "SpoolStats"]
@@ -57,6 +58,9 @@ class Record(NamedTuple):
     topic: str
     key: bytes
     value: bytes
+
+
+_record = functools.partial(tuple.__new__, Record)  # (rid, topic, key, value) -> Record
 
 
 @dataclass
@@ -204,8 +208,7 @@ class Spool:
         and sends it again, so a copy left behind would be delivered twice."""
         if not entries:
             return []
-        pieces = [piece for t, k, v in entries for piece in frame(t, k, v)]
-        size = sum(map(len, pieces))
+        pieces, size = framed(entries)
         with self._write_lock:  # one writer at a time; acks and reads go on meanwhile
             with self._lock:
                 self._make_room(size)
@@ -250,9 +253,11 @@ class Spool:
         if self._unread and self._unread[-1].rid != first - 1:
             self._unread.clear()  # not contiguous (cannot happen; stay safe)
             self._unread_bytes = 0
-        for i, (topic, key, value) in enumerate(entries):
-            self._unread.append(Record(first + i, topic, key, value))
-            self._unread_bytes += len(value)
+        # Records built in C (a NamedTuple's own constructor is Python code).
+        topics, keys, values = zip(*entries, strict=True)
+        rids = range(first, first + len(entries))
+        self._unread.extend(map(_record, zip(rids, topics, keys, values, strict=True)))
+        self._unread_bytes += sum(map(len, values))
         while self._unread_bytes > self.memory_bytes and self._unread:
             self._unread_bytes -= len(self._unread.popleft().value)  # read from disk later
 

@@ -196,11 +196,15 @@ def through_agent(
     batch: int,
     fsync_interval: float = 0.0,
     cpu: CpuSplit | None = None,
+    post: bool = False,
 ) -> float:
-    """Messages/s through ingest (`batch` events per call) → spool (fsync
-    per batch, or every `fsync_interval` s) → shipper → acked and trimmed;
-    with `cpu`, each thread's CPU per message."""
+    """Messages/s through the group commit (`batch` events per call, posted
+    without waiting as the hardware sources do, or waiting for the spool as
+    the SDK socket does) → ingest → spool (fsync per batch, or every
+    `fsync_interval` s) → shipper → acked and trimmed; with `cpu`, each
+    thread's CPU per message."""
     from agent.envelope import Chain
+    from agent.groupcommit import GroupCommit
     from agent.ingest import Ingest
     from agent.shipper import Shipper
     from agent.spool import Spool
@@ -217,25 +221,44 @@ def through_agent(
         samples.open()
         shipper = Shipper([critical, samples], bootstrap=bootstrap_servers)
         ingest = Ingest(Chain(), critical, samples, default_registry(), "bench", prefix)
+        commit = GroupCommit(ingest)
         shipper.start()
+        commit.start()
+        hand_in = commit.post if post else commit.accept
         before = _thread_cpu()
         t0 = time.perf_counter()
         for i in range(0, n, batch):
-            ingest.accept(events[i : i + batch])
+            hand_in(events[i : i + batch])
         while shipper.stats.delivered < n:
             time.sleep(0.001)
         agent_rate = n / (time.perf_counter() - t0)
         if cpu is not None:
             roles = {
-                "MainThread": "agent ingest",
+                "MainThread": "agent caller",
+                "ingest": "agent ingest thread",
                 "shipper": "agent shipper",
                 "fsync-c": "agent fsync thread",
             }
             _note_cpu(cpu, before, n, roles, "agent librdkafka")
+        commit.stop()
         shipper.stop(10)
         critical.close()  # and its fsync thread, if any
         samples.close()
+    _drop_topics(bootstrap_servers, prefix)
     return agent_rate
+
+
+def _drop_topics(bootstrap_servers: str, tag: str) -> None:
+    """Delete a round's topics (their names hold `tag`): a broker that keeps
+    every round's data grows slower through a run, the later rows paying
+    for the earlier ones."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    names = [t for t in admin.list_topics(timeout=30).topics if tag in t]
+    if names:
+        for done in admin.delete_topics(names, operation_timeout=60).values():
+            done.result()
 
 
 def drain(bootstrap_servers: str, sent: Sent) -> float:
@@ -259,6 +282,7 @@ def drain(bootstrap_servers: str, sent: Sent) -> float:
         rate = len(sent) / (time.perf_counter() - t0)
         shipper.stop(10)
         samples.close()
+    _drop_topics(bootstrap_servers, f".{tag}.drain")
     return rate
 
 
@@ -272,7 +296,8 @@ def raw_produce(bootstrap_servers: str, sent: Sent, cpu: CpuSplit | None = None)
     producer = Producer(producer_settings(bootstrap_servers, "lz4", 5))
     # Fresh topics each round, as the agent's: a topic that grew over many
     # rounds took this broker several times longer per message.
-    topics = {t: f"{t}.{uuid.uuid4().hex[:6]}.raw" for t in {t for t, _, _ in sent}}
+    tag = uuid.uuid4().hex[:6]
+    topics = {t: f"{t}.{tag}.raw" for t in {t for t, _, _ in sent}}
     before = _thread_cpu()
     t0 = time.perf_counter()
     for topic, key, value in sent:
@@ -287,6 +312,7 @@ def raw_produce(bootstrap_servers: str, sent: Sent, cpu: CpuSplit | None = None)
     rate = len(sent) / (time.perf_counter() - t0)
     if cpu is not None:
         _note_cpu(cpu, before, len(sent), {"MainThread": "raw produce loop"}, "raw librdkafka")
+    _drop_topics(bootstrap_servers, f".{tag}.raw")
     return rate
 
 
@@ -296,6 +322,7 @@ def compare(
     batch: int,
     rounds: int,
     fsync_interval: float = 0.0,
+    post: bool = False,
 ) -> tuple[float, float, float, dict[str, float]]:
     """Median messages/s of the agent, of the raw producer and of the
     agent's backlog drain over `rounds` alternating rounds (agent, raw,
@@ -307,7 +334,7 @@ def compare(
     agent, raw, drained = [], [], []
     cpu: CpuSplit = {}
     for _ in range(rounds):
-        agent.append(through_agent(bootstrap_servers, events, batch, fsync_interval, cpu))
+        agent.append(through_agent(bootstrap_servers, events, batch, fsync_interval, cpu, post))
         raw.append(raw_produce(bootstrap_servers, sent, cpu))
         drained.append(drain(bootstrap_servers, sent))
     split = {role: statistics.median(v) for role, v in cpu.items()}
@@ -364,25 +391,51 @@ def pack_only(n: int = 5000) -> float:
     return (time.perf_counter() - t0) / n * 1e6
 
 
+ROWS = ("gpu1", "gpu100", "gpu60", "metrics", "metrics_interval")
+
+
 def main() -> None:
     duration = float(sys.argv[1]) if len(sys.argv) > 1 else 30.0
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 20_000
     n_metrics = int(sys.argv[3]) if len(sys.argv) > 3 else 500
+    wanted = sys.argv[4].split(",") if len(sys.argv) > 4 else list(ROWS)  # a subset, to probe
+    if unknown := set(wanted) - set(ROWS):
+        raise SystemExit(f"unknown rows {sorted(unknown)}; rows are {', '.join(ROWS)}")
+    # The agent's start-up malloc setting ([agent] malloc_keep_mb), here for the
+    # agent path and the raw producer alike (one process); BENCH_MALLOC_KEEP_MB
+    # overrides it (0: glibc's defaults) to measure what it changes.
+    from agent.config import AgentConfig
+    from agent.memory import keep_freed_memory
+
+    keep_mb = int(os.environ.get("BENCH_MALLOC_KEEP_MB", AgentConfig().agent_malloc_keep_mb))
+    keep_freed_memory(keep_mb * 2**20)
     servers = bootstrap()
-    over = overhead(servers, duration)
-    met_events, points = metrics_events(n_metrics)
-    rows = [(f"Metrics, {points:,} points/message", *compare(servers, met_events, 1, 3), points)]
-    # The same with `[spool] fsync_interval_ms = 100` (the option for SDK floods)
-    lazy = compare(servers, met_events, 1, 3, fsync_interval=0.1)
-    rows.append(("Metrics, fsync_interval_ms = 100", *lazy, points))
-    del met_events
-    for ticks, messages, batch in ((1, n, 1), (1, n, 100), (60, max(1, n // 20), 1)):
+    over = overhead(servers, duration) if duration > 0 else {"cpu_pct": 0.0, "rss_mb": 0.0}
+    rows = []
+    for ticks, messages, batch, post, key in (
+        (1, n, 1, True, "gpu1"),
+        (1, n, 100, False, "gpu100"),
+        (60, max(1, n // 20), 1, True, "gpu60"),
+    ):
+        if key not in wanted:
+            continue
         events, per = gpu_events(messages, ticks)
         label = f"GpuSamples, {ticks} tick(s) x {GPUS} GPUs = {per} samples/message"
-        if batch > 1:
-            label += f", {batch} per ingest call (as an SDK line hands its events)"
-        rows.insert(len(rows) - 2, (label, *compare(servers, events, batch, 3), per))
+        if post:
+            label += ", posted one a call (the GPU source's way)"
+        else:
+            label += f", {batch} a call, waiting for the spool (an SDK line's way)"
+        rows.append((label, *compare(servers, events, batch, 3, post=post), per))
         del events
+    if "metrics" in wanted or "metrics_interval" in wanted:
+        met_events, points = metrics_events(n_metrics)
+        label = f"Metrics, {points:,} points/message, one a call, waiting (the SDK socket's way)"
+        if "metrics" in wanted:
+            rows.append((label, *compare(servers, met_events, 1, 3), points))
+        if "metrics_interval" in wanted:  # `[spool] fsync_interval_ms = 100`, for SDK floods
+            lazy = compare(servers, met_events, 1, 3, fsync_interval=0.1)
+            rows.append(("Metrics, fsync_interval_ms = 100", *lazy, points))
+        del met_events
     w = 58
     from agent.kafkacore import describe as producer
     from schemas.nativewrite import describe as writer

@@ -25,7 +25,7 @@ import structlog
 
 from agent.alert_relay import AlertRelay
 from agent.errors import SpoolError
-from agent.ingest import Ingest
+from agent.ingest import Accepts
 from agent.sdk.encode import PACKED_FIELDS, expand_calls
 from schemas.topics import SDK_TYPES
 
@@ -36,7 +36,7 @@ log = structlog.get_logger("traintrail.sdk_socket")
 _MAX_LINE = 64 * 1024 * 1024
 
 
-def handle_line(ingest: Ingest, line: bytes, relay: AlertRelay | None = None) -> dict[str, Any]:
+def handle_line(ingest: Accepts, line: bytes, relay: AlertRelay | None = None) -> dict[str, Any]:
     """One request line → its reply object; the SDK may send training events
     and the accesses it declares, and ask for its run's alerts; nothing else."""
     try:
@@ -124,12 +124,12 @@ class _Handler(socketserver.StreamRequestHandler):
 
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
-    ingest: Ingest
+    ingest: Accepts
     relay: AlertRelay | None
 
 
 class SdkSocketServer:
-    def __init__(self, path: str, ingest: Ingest, relay: AlertRelay | None = None) -> None:
+    def __init__(self, path: str, ingest: Accepts, relay: AlertRelay | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.is_socket():

@@ -22,6 +22,8 @@ import pytest
 
 from agent.config import load_config
 from agent.daemon import Agent
+from agent.sources.base import SourceStats
+from agent.sources.base import event as source_event
 from agent.spool import Spool
 from schemas import decode, default_registry, event_hash
 from schemas.settings import SettingsError
@@ -255,3 +257,49 @@ def test_interval_fsync_setting_reaches_the_spool(
 def test_negative_fsync_interval_is_one_clear_error() -> None:
     with pytest.raises(SettingsError, match=r"\[spool\] fsync_interval_ms: must be >= 0, got -5"):
         load_config(None, spool_fsync_interval_ms=-5.0)
+
+
+class _GatedSource:
+    """Emits one host sample, then one access event, once told to."""
+
+    name = "gated"
+
+    def __init__(self) -> None:
+        self.stats = SourceStats()
+        self.go, self.posted, self.accepted = (
+            threading.Event(),
+            threading.Event(),
+            threading.Event(),
+        )
+
+    def run(self, emit: Any, stop: threading.Event) -> None:
+        self.go.wait(30)
+        emit([source_event("HostSample", "host/test-node", "test-node", body("HostSample"))])
+        self.posted.set()
+        emit([source_event("AccessEvent", "access/test-node", "test-node", body("AccessEvent"))])
+        self.accepted.set()
+        stop.wait()
+
+
+def test_sources_post_samples_and_wait_for_everything_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hardware sample is handed to the group commit and the source goes on
+    at once; an access event returns only once spooled (a log source saves
+    its file position after it). Both are in the spool after stop."""
+    source = _GatedSource()
+    monkeypatch.setattr("agent.daemon.build_sources", lambda *_args: [source])
+    agent = _agent(tmp_path)
+    agent.start()
+    try:
+        with agent.chain.lock:  # no commit can finish meanwhile
+            source.go.set()
+            assert source.posted.wait(10)
+            assert not source.accepted.wait(0.3)
+        assert source.accepted.wait(10)
+        assert agent.status()["ingest"]["requests"] >= 1
+    finally:
+        agent.stop()
+    assert [e["_type"] for e in _spooled(tmp_path, "samples")] == ["HostSample"]
+    assert [e["_type"] for e in _spooled(tmp_path)] == ["AccessEvent"]
+    assert source.stats.errors == 0

@@ -13,12 +13,23 @@ each shape it also prints the CPU per message of every thread, the agent's
 (ingest, shipper, librdkafka's) and the raw producer's (its produce loop,
 librdkafka's): where the agent's extra time goes.
 
-Two GPU shapes: one tick of 8 GPUs per GpuSamples message (the default) and
-60 ticks per message (`[gpu] ticks_per_message = 60`); the SDK's Metrics
-batches of 10,000 points, with the default fsync per batch and with
-`[spool] fsync_interval_ms = 100`.
+Every message goes in through the group commit (agent/groupcommit.py) the
+way the daemon hands it in. GPU shapes: one tick of 8 GPUs per GpuSamples
+message (the default), posted one a call without waiting as the GPU source
+does; the same handed in 100 a call, waiting for the spool as an SDK line's
+small events are; 60 ticks per message (`[gpu] ticks_per_message = 60`),
+posted. The SDK's Metrics batches of 10,000 points, one a call, waiting: from
+one SDK connection with the default fsync per batch, from 8 connections at
+once (8 ranks: their lines share commits), and from one with
+`[spool] fsync_interval_ms = 100`. The process runs with the agent's malloc
+setting (`[agent] malloc_keep_mb`; BENCH_MALLOC_KEEP_MB=0 for glibc's
+defaults), the raw producer too. Each round's topics are deleted after it.
 
     python bench/agent_overhead.py [DURATION_S=30] [GPU_MESSAGES=20000] [METRICS_MESSAGES=500]
+                                   [ROWS]
+
+ROWS, comma-separated, picks rows to probe (gpu1, gpu100, gpu60, metrics,
+metrics8, metrics_interval; default all); DURATION_S 0 skips the 1 Hz part.
 """
 
 from __future__ import annotations
@@ -197,10 +208,12 @@ def through_agent(
     fsync_interval: float = 0.0,
     cpu: CpuSplit | None = None,
     post: bool = False,
+    callers: int = 1,
 ) -> float:
     """Messages/s through the group commit (`batch` events per call, posted
     without waiting as the hardware sources do, or waiting for the spool as
-    the SDK socket does) → ingest → spool (fsync per batch, or every
+    the SDK socket does, from `callers` threads at once as from that many
+    SDK connections) → ingest → spool (fsync per batch, or every
     `fsync_interval` s) → shipper → acked and trimmed; with `cpu`, each
     thread's CPU per message."""
     from agent.envelope import Chain
@@ -225,16 +238,30 @@ def through_agent(
         shipper.start()
         commit.start()
         hand_in = commit.post if post else commit.accept
+        calls = [events[i : i + batch] for i in range(0, n, batch)]
+
+        def send(mine: list[list[dict[str, Any]]]) -> None:
+            for call in mine:
+                hand_in(call)
+
+        threads = [
+            threading.Thread(target=send, args=(calls[k::callers],), name=f"caller-{k}")
+            for k in range(1, callers)
+        ]
         before = _thread_cpu()
         t0 = time.perf_counter()
-        for i in range(0, n, batch):
-            hand_in(events[i : i + batch])
+        for thread in threads:
+            thread.start()
+        send(calls[0::callers])
+        for thread in threads:
+            thread.join()
         while shipper.stats.delivered < n:
             time.sleep(0.001)
         agent_rate = n / (time.perf_counter() - t0)
         if cpu is not None:
             roles = {
                 "MainThread": "agent caller",
+                **{t.name: "agent caller" for t in threads},
                 "ingest": "agent ingest thread",
                 "shipper": "agent shipper",
                 "fsync-c": "agent fsync thread",
@@ -323,6 +350,7 @@ def compare(
     rounds: int,
     fsync_interval: float = 0.0,
     post: bool = False,
+    callers: int = 1,
 ) -> tuple[float, float, float, dict[str, float]]:
     """Median messages/s of the agent, of the raw producer and of the
     agent's backlog drain over `rounds` alternating rounds (agent, raw,
@@ -334,7 +362,9 @@ def compare(
     agent, raw, drained = [], [], []
     cpu: CpuSplit = {}
     for _ in range(rounds):
-        agent.append(through_agent(bootstrap_servers, events, batch, fsync_interval, cpu, post))
+        agent.append(
+            through_agent(bootstrap_servers, events, batch, fsync_interval, cpu, post, callers)
+        )
         raw.append(raw_produce(bootstrap_servers, sent, cpu))
         drained.append(drain(bootstrap_servers, sent))
     split = {role: statistics.median(v) for role, v in cpu.items()}
@@ -391,7 +421,7 @@ def pack_only(n: int = 5000) -> float:
     return (time.perf_counter() - t0) / n * 1e6
 
 
-ROWS = ("gpu1", "gpu100", "gpu60", "metrics", "metrics_interval")
+ROWS = ("gpu1", "gpu100", "gpu60", "metrics", "metrics8", "metrics_interval")
 
 
 def main() -> None:
@@ -427,11 +457,14 @@ def main() -> None:
             label += f", {batch} a call, waiting for the spool (an SDK line's way)"
         rows.append((label, *compare(servers, events, batch, 3, post=post), per))
         del events
-    if "metrics" in wanted or "metrics_interval" in wanted:
+    if {"metrics", "metrics8", "metrics_interval"} & set(wanted):
         met_events, points = metrics_events(n_metrics)
         label = f"Metrics, {points:,} points/message, one a call, waiting (the SDK socket's way)"
         if "metrics" in wanted:
             rows.append((label, *compare(servers, met_events, 1, 3), points))
+        if "metrics8" in wanted:  # eight ranks' SDK connections at once: group commit
+            eight = compare(servers, met_events, 1, 3, callers=8)
+            rows.append(("Metrics, the same from 8 SDK connections at once", *eight, points))
         if "metrics_interval" in wanted:  # `[spool] fsync_interval_ms = 100`, for SDK floods
             lazy = compare(servers, met_events, 1, 3, fsync_interval=0.1)
             rows.append(("Metrics, fsync_interval_ms = 100", *lazy, points))

@@ -47,8 +47,8 @@ class AgentConfig:
     agent_malloc_keep_mb: int = setting(
         64,
         "Freed memory glibc keeps per heap for reuse instead of returning it at once: large "
-        "messages (Metrics lines, multi-tick GPU messages) then reuse warm pages (a quarter of "
-        "a Metrics message's ingest time, bench/README.md); 0 keeps glibc's defaults.",
+        "messages (Metrics lines) then reuse warm pages instead of faulting fresh ones in (a "
+        "fifth of a Metrics line's ingest CPU, bench/agent_ingest.py); 0 keeps glibc's defaults.",
     )
     spool_dir: str = setting(".traintrail/spool", "The agent's on-disk spool (WAL) directory.")
     spool_segment_bytes: int = setting(64 * 1024 * 1024, "Spool segment size before rolling.")

@@ -4,9 +4,9 @@ The agent's large objects come and go by the hundred kilobytes: a Metrics
 line of 10,000 points is a 280 KB message, encoded into a fresh buffer, held
 until Kafka acknowledges it, then freed. By default glibc hands such memory
 back to the kernel as soon as the top of a heap is free (its trim threshold
-follows the largest block freed so far), so the next message faults every
-page in again: about a quarter of a Metrics message's ingest time here
-(bench/README.md, "malloc"). Keeping up to `keep_bytes` of freed memory per
+follows the largest block freed so far), so the next message faults its
+pages in again: about a fifth of a Metrics line's ingest CPU here
+(bench/agent_ingest.py). Keeping up to `keep_bytes` of freed memory per
 heap makes the next message reuse warm pages. The price is resident memory
 that stays after a burst, at most `keep_bytes` per malloc arena that saw
 large blocks; an idle agent never grows that far.

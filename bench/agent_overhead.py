@@ -16,20 +16,24 @@ librdkafka's): where the agent's extra time goes.
 Every message goes in through the group commit (agent/groupcommit.py) the
 way the daemon hands it in. GPU shapes: one tick of 8 GPUs per GpuSamples
 message (the default), posted one a call without waiting as the GPU source
-does; the same handed in 100 a call, waiting for the spool as an SDK line's
-small events are; 60 ticks per message (`[gpu] ticks_per_message = 60`),
+does; the same one a call, each waiting for the spool (as an access source
+hands its events, and as every source did before the group commit); the
+same handed in 100 a call, waiting for the spool as an SDK line's small
+events are; 60 ticks per message (`[gpu] ticks_per_message = 60`),
 posted. The SDK's Metrics batches of 10,000 points, one a call, waiting: from
 one SDK connection with the default fsync per batch, from 8 connections at
 once (8 ranks: their lines share commits), and from one with
 `[spool] fsync_interval_ms = 100`. The process runs with the agent's malloc
 setting (`[agent] malloc_keep_mb`; BENCH_MALLOC_KEEP_MB=0 for glibc's
-defaults), the raw producer too. Each round's topics are deleted after it.
+defaults), the raw producer too. Each round's topics are deleted after it,
+and dirty pages are flushed before each measure. BENCH_ROUNDS (default 5)
+sets the alternated rounds whose medians are printed.
 
     python bench/agent_overhead.py [DURATION_S=30] [GPU_MESSAGES=20000] [METRICS_MESSAGES=500]
                                    [ROWS]
 
-ROWS, comma-separated, picks rows to probe (gpu1, gpu100, gpu60, metrics,
-metrics8, metrics_interval; default all); DURATION_S 0 skips the 1 Hz part.
+ROWS, comma-separated, picks rows to probe (gpu1, gpu1wait, gpu100, gpu60,
+metrics, metrics8, metrics_interval; default all); DURATION_S 0 skips the 1 Hz part.
 """
 
 from __future__ import annotations
@@ -362,10 +366,15 @@ def compare(
     agent, raw, drained = [], [], []
     cpu: CpuSplit = {}
     for _ in range(rounds):
+        # Each measure starts with no dirty pages left by the one before
+        # (the broker's log, the spools): their writeback would land on it.
+        os.sync()
         agent.append(
             through_agent(bootstrap_servers, events, batch, fsync_interval, cpu, post, callers)
         )
+        os.sync()
         raw.append(raw_produce(bootstrap_servers, sent, cpu))
+        os.sync()
         drained.append(drain(bootstrap_servers, sent))
     split = {role: statistics.median(v) for role, v in cpu.items()}
     return statistics.median(agent), statistics.median(raw), statistics.median(drained), split
@@ -421,7 +430,7 @@ def pack_only(n: int = 5000) -> float:
     return (time.perf_counter() - t0) / n * 1e6
 
 
-ROWS = ("gpu1", "gpu100", "gpu60", "metrics", "metrics8", "metrics_interval")
+ROWS = ("gpu1", "gpu1wait", "gpu100", "gpu60", "metrics", "metrics8", "metrics_interval")
 
 
 def main() -> None:
@@ -429,6 +438,7 @@ def main() -> None:
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 20_000
     n_metrics = int(sys.argv[3]) if len(sys.argv) > 3 else 500
     wanted = sys.argv[4].split(",") if len(sys.argv) > 4 else list(ROWS)  # a subset, to probe
+    rounds = int(os.environ.get("BENCH_ROUNDS", "5"))  # alternated; medians reported
     if unknown := set(wanted) - set(ROWS):
         raise SystemExit(f"unknown rows {sorted(unknown)}; rows are {', '.join(ROWS)}")
     # The agent's start-up malloc setting ([agent] malloc_keep_mb), here for the
@@ -444,6 +454,7 @@ def main() -> None:
     rows = []
     for ticks, messages, batch, post, key in (
         (1, n, 1, True, "gpu1"),
+        (1, n, 1, False, "gpu1wait"),
         (1, n, 100, False, "gpu100"),
         (60, max(1, n // 20), 1, True, "gpu60"),
     ):
@@ -453,20 +464,22 @@ def main() -> None:
         label = f"GpuSamples, {ticks} tick(s) x {GPUS} GPUs = {per} samples/message"
         if post:
             label += ", posted one a call (the GPU source's way)"
+        elif batch == 1:  # each alone: the way every source handed in before group commit
+            label += ", one a call, each waiting for the spool (an access source's way)"
         else:
             label += f", {batch} a call, waiting for the spool (an SDK line's way)"
-        rows.append((label, *compare(servers, events, batch, 3, post=post), per))
+        rows.append((label, *compare(servers, events, batch, rounds, post=post), per))
         del events
     if {"metrics", "metrics8", "metrics_interval"} & set(wanted):
         met_events, points = metrics_events(n_metrics)
         label = f"Metrics, {points:,} points/message, one a call, waiting (the SDK socket's way)"
         if "metrics" in wanted:
-            rows.append((label, *compare(servers, met_events, 1, 3), points))
+            rows.append((label, *compare(servers, met_events, 1, rounds), points))
         if "metrics8" in wanted:  # eight ranks' SDK connections at once: group commit
-            eight = compare(servers, met_events, 1, 3, callers=8)
+            eight = compare(servers, met_events, 1, rounds, callers=8)
             rows.append(("Metrics, the same from 8 SDK connections at once", *eight, points))
         if "metrics_interval" in wanted:  # `[spool] fsync_interval_ms = 100`, for SDK floods
-            lazy = compare(servers, met_events, 1, 3, fsync_interval=0.1)
+            lazy = compare(servers, met_events, 1, rounds, fsync_interval=0.1)
             rows.append(("Metrics, fsync_interval_ms = 100", *lazy, points))
         del met_events
     w = 58

@@ -1,0 +1,91 @@
+"""The agent's ingest step alone, and what `[agent] malloc_keep_mb` changes in it.
+
+CPU per message (the thread's own clock: fsync waits do not count) of
+`Ingest.accept` — envelope, chain link, Avro encode, SHA-256, spool frame and
+write, with the daemon's spool defaults — for the agent's three message
+shapes, no Kafka involved. Each shape and setting runs in a process of its own,
+because the malloc setting is process-wide: glibc's defaults (`malloc_keep_mb = 0`)
+against the agent's default of 64 MB kept, alternated ROUNDS times, the
+medians printed. The shipper is left out: it is the same either way, and
+what it frees is what ingest allocated, which this reproduces by letting the
+spool's memory copy (16 MB) hold and drop the values as the shipper would.
+
+    python bench/agent_ingest.py [ROUNDS=3]
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+_CASE = """
+import json, sys, tempfile, time
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from agent.memory import keep_freed_memory
+keep_freed_memory({keep_mb} * 2**20)
+from agent.envelope import Chain
+from agent.ingest import Ingest
+from agent.spool import Spool
+from bench.agent_overhead import gpu_events, metrics_events
+from schemas import default_registry
+
+shapes = {{
+    "GpuSamples, 1 tick, 64 a commit": (lambda: gpu_events(5000, 1)[0], 64),
+    "GpuSamples, 60 ticks": (lambda: gpu_events(300, 60)[0], 1),
+    "Metrics, 10,000 points": (lambda: metrics_events(300)[0], 1),
+}}
+label = {label!r}
+make, batch = shapes[label]
+events = make()
+out = {{}}
+with tempfile.TemporaryDirectory() as tmp:
+    critical = Spool(Path(tmp) / "c")  # fsync per batch, as the daemon's
+    samples = Spool(Path(tmp) / "s", overflow="drop_oldest", fsync=False)
+    critical.open()
+    samples.open()
+    ingest = Ingest(Chain(), critical, samples, default_registry(), "bench", "bench")
+    t0 = time.thread_time()
+    for i in range(0, len(events), batch):
+        ingest.accept(events[i : i + batch])
+    out[label] = (time.thread_time() - t0) / len(events) * 1e6
+    critical.close()
+    samples.close()
+print(json.dumps(out))
+"""
+
+
+SHAPES = ("GpuSamples, 1 tick, 64 a commit", "GpuSamples, 60 ticks", "Metrics, 10,000 points")
+
+
+def case(keep_mb: int, label: str) -> dict[str, float]:
+    """One shape in a process of its own, with its own heap."""
+    code = _CASE.format(repo=str(REPO), keep_mb=keep_mb, label=label)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result: dict[str, float] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    runs: dict[int, list[dict[str, float]]] = {0: [], 64: []}
+    for _ in range(rounds):
+        for keep_mb in runs:
+            result: dict[str, float] = {}
+            for label in SHAPES:
+                result.update(case(keep_mb, label))
+            runs[keep_mb].append(result)
+    title = f"ingest CPU per message (µs), median of {rounds}"
+    print(f"{title:<44} {'keep 0':>8} {'keep 64':>8}")
+    for label in runs[0][0]:
+        default, kept = (statistics.median(r[label] for r in runs[k]) for k in runs)
+        print(f"{label:<44} {default:>8.1f} {kept:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ answer to each sender.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 import uuid
@@ -222,3 +223,45 @@ def test_stop_commits_the_queue_and_later_senders_commit_themselves(rig: _Rig) -
     assert rig.commit.accept([_event("RunStarted", "run/a")]) == (1, [])
     ids = [i for i, _s, _q in rig.spooled(rig.samples)]
     assert ids == [e["event_id"] for e in events] + [late["event_id"]]
+
+
+def test_many_senders_at_once_keep_every_chain_whole(rig: _Rig) -> None:
+    """Four waiting senders and two posters, on shared streams, at once: every
+    event is spooled exactly once, and each stream's seq counts 0, 1, 2...
+    with each prev_hash the SHA-256 of that stream's previous record."""
+    sent: list[str] = []
+    lock = threading.Lock()
+
+    def waiting(stream: str) -> None:
+        for _ in range(60):
+            batch = [_event("RunStarted", stream) for _ in range(3)]
+            with lock:
+                sent.extend(e["event_id"] for e in batch)
+            assert rig.commit.accept(batch) == (3, [])
+
+    def posting() -> None:
+        for _ in range(150):
+            e = _event()
+            with lock:
+                sent.append(e["event_id"])
+            rig.commit.post([e])
+
+    threads = [threading.Thread(target=waiting, args=(f"run/{i % 2}",)) for i in range(4)]
+    threads += [threading.Thread(target=posting) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    rig.commit.stop()
+    assert rig.commit.requests >= 300  # every post, and the waiters that found a commit going
+    records = [*rig.critical.pending(), *rig.samples.pending()]
+    assert sorted(
+        decode(default_registry(), r.value).record["envelope"]["event_id"] for r in records
+    ) == sorted(sent)
+    last: dict[str, tuple[int, bytes]] = {}
+    for record in sorted(records, key=lambda r: (r.topic, r.rid)):
+        env = decode(default_registry(), record.value).record["envelope"]
+        seq, prev = last.get(env["stream"], (-1, b""))
+        assert (env["seq"], env["prev_hash"]) == (seq + 1, prev), env["stream"]
+        last[env["stream"]] = (env["seq"], hashlib.sha256(record.value).digest())
+    assert {s: n for s, (n, _h) in last.items()} == {"run/0": 359, "run/1": 359, "host/n1": 299}

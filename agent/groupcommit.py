@@ -2,12 +2,15 @@
 
 Every way into the agent (the SDK socket's lines, the SDK spool import, the
 hardware and access sources) hands its events here instead of calling
-`Ingest.accept` itself. One thread, `ingest`, takes everything queued and
-makes it durable as one batch: one pass of envelopes and seals, one write
-per spool, one fsync, one wake-up of the shipper. Eight ranks' SDK lines
-that arrive together share an fsync, and the GPU and host sources, which
-hand in one message per tick, cost a message's share of a batch instead of
-a write, a lock round and a wake-up each when a node floods the agent.
+`Ingest.accept` itself. A waiting sender that finds no commit under way
+commits on its own thread (no hand-over to another thread and back: one
+SDK connection is as fast as before). What arrives while a commit is under
+way is queued, and one thread, `ingest`, takes everything queued and makes
+it durable as one batch: one pass of envelopes and seals, one write per
+spool, one fsync, one wake-up of the shipper. Eight ranks' SDK lines that
+arrive together share an fsync, and the GPU and host sources, which hand in
+one message per tick, cost a message's share of a batch instead of a write,
+a lock round and a wake-up each when a node floods the agent.
 
 Two ways to hand events in:
 - `accept` waits until the events are in the spool (or refused) and returns

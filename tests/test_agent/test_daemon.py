@@ -275,8 +275,10 @@ class _GatedSource:
     def run(self, emit: Any, stop: threading.Event) -> None:
         self.go.wait(30)
         emit([source_event("HostSample", "host/test-node", "test-node", body("HostSample"))])
+        self.stats.count(emitted=1)  # a source counts what it emitted, as every real one does
         self.posted.set()
         emit([source_event("AccessEvent", "access/test-node", "test-node", body("AccessEvent"))])
+        self.stats.count(emitted=1)
         self.accepted.set()
         stop.wait()
 
@@ -302,4 +304,4 @@ def test_sources_post_samples_and_wait_for_everything_else(
         agent.stop()
     assert [e["_type"] for e in _spooled(tmp_path, "samples")] == ["HostSample"]
     assert [e["_type"] for e in _spooled(tmp_path)] == ["AccessEvent"]
-    assert source.stats.errors == 0
+    assert (source.stats.emitted, source.stats.errors) == (2, 0)  # counted once, by the source

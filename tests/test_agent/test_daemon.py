@@ -305,3 +305,34 @@ def test_sources_post_samples_and_wait_for_everything_else(
     assert [e["_type"] for e in _spooled(tmp_path, "samples")] == ["HostSample"]
     assert [e["_type"] for e in _spooled(tmp_path)] == ["AccessEvent"]
     assert (source.stats.emitted, source.stats.errors) == (2, 0)  # counted once, by the source
+
+
+def test_eight_sdk_connections_at_once_are_each_answered_and_chained(tmp_path: Path) -> None:
+    """Eight ranks' SDK lines arriving together (the group commit's case):
+    each line gets its own "ok" only once spooled, and every run's stream
+    is whole in the spool, seq 0, 1, 2... each prev_hash its predecessor's."""
+    agent = _agent(tmp_path)
+    agent.start()
+    replies: list[dict[str, Any]] = []
+
+    def rank(run_id: str) -> None:
+        for _ in range(15):
+            replies.append(send_batch(tmp_path / "agent.sock", [_event("Metrics", run_id)]))
+
+    threads = [threading.Thread(target=rank, args=(f"rank{i}",)) for i in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(replies) == 120
+        assert all(r == {"ok": True, "accepted": 1, "rejected": []} for r in replies)
+    finally:
+        agent.stop()
+    last: dict[str, tuple[int, bytes]] = {}
+    for e in _spooled(tmp_path):
+        env = e["envelope"]
+        seq, prev = last.get(env["stream"], (-1, b""))
+        assert (env["seq"], env["prev_hash"]) == (seq + 1, prev)
+        last[env["stream"]] = (env["seq"], e["_hash"])
+    assert {s: n for s, (n, _h) in last.items()} == {f"run/rank{i}": 14 for i in range(8)}

@@ -291,6 +291,8 @@ def test_spool_at_its_limit(tmp_path: Path, broker: PrivateKafka) -> None:
     assert 'traintrail_agent_spool_dropped_records_total{spool="samples"}' in text
     assert "traintrail_agent_events_refused_total" in text
     assert 'traintrail_agent_spool_fsync_errors_total{spool="critical"} 0.0' in text
+    assert "traintrail_agent_ingest_queued_events" in text  # the group commit's queue
+    assert "traintrail_agent_ingest_commits_total" in text
     assert "ALERT critical spool full" in agent.log_path.read_text()
     assert agent.stop() == 0
 

@@ -124,9 +124,10 @@ class GroupCommit:
             finally:
                 self._done_committing()
         request = _Request(events, allowed, done=threading.Event())
-        if not self._put(request):
-            return self.ingest.accept(events, allowed)
-        request.done.wait()  # type: ignore[union-attr]
+        if self._put(request):
+            request.done.wait()  # type: ignore[union-attr]
+        else:  # stopped meanwhile
+            request.result = self._commit_alone(request)
         result = request.result
         if isinstance(result, Exception):
             raise result
@@ -193,6 +194,7 @@ class GroupCommit:
                 self._finish(request, result)
 
     def _commit_alone(self, request: _Request) -> Accepted | Exception:
+        """Commit `request` on the caller's thread (after stop)."""
         (result,) = self.ingest.accept_many([(request.events, request.allowed)])
         return result
 

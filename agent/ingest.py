@@ -187,8 +187,7 @@ class Ingest:
                     self._alert_full(exc)
                 raise
             self._commit(critical)
-            for events, _allowed in batches:
-                self._track_runs(events, critical.event_ids)
+            self._track_runs(batches, critical.event_ids)
         if samples.entries:
             try:
                 self.samples.append(samples.entries)
@@ -212,20 +211,21 @@ class Ingest:
             self._recent.discard(self._recent_order.popleft())
         self.accepted += len(part.entries)
 
-    def _track_runs(self, events: list[dict[str, Any]], spooled: list[str]) -> None:
+    def _track_runs(self, batches: list[Batch], spooled: list[str]) -> None:
         """Tell the run registry which pid trains which run, for the GPU and
         host sources' per-process attribution."""
         if self.runs is None or not spooled:
             return
         ids = set(spooled)
-        for ev in events:
-            if ev.get("event_id") not in ids:
-                continue
-            body = ev["body"]
-            if ev["type"] == "RunStarted":
-                self.runs.register(int(body["pid"]), str(body["run_id"]))
-            elif ev["type"] == "RunFinished":
-                self.runs.finish(str(body["run_id"]))
+        for events, _allowed in batches:
+            for ev in events:
+                if ev.get("event_id") not in ids:
+                    continue
+                body = ev["body"]
+                if ev["type"] == "RunStarted":
+                    self.runs.register(int(body["pid"]), str(body["run_id"]))
+                elif ev["type"] == "RunFinished":
+                    self.runs.finish(str(body["run_id"]))
 
     def _kind(self, name: Any) -> _Kind:
         kind = self._kinds.get(name)

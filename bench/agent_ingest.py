@@ -25,49 +25,82 @@ import json
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 _CASE = """
-import json, sys, tempfile, time
-from pathlib import Path
+import json, sys
 sys.path.insert(0, {repo!r})
 from agent.memory import keep_freed_memory
 keep_freed_memory({keep_mb} * 2**20)
-from agent.envelope import Chain
-from agent.ingest import Ingest
-from agent.spool import Spool
-from bench.agent_overhead import gpu_events, metrics_events
-from schemas import default_registry
-
-shapes = {{
-    "GpuSamples, 1 tick, 64 a commit": (lambda: gpu_events(5000, 1)[0], 64),
-    "GpuSamples, 60 ticks": (lambda: gpu_events(300, 60)[0], 1),
-    "Metrics, 10,000 points": (lambda: metrics_events(300)[0], 1),
-}}
-label = {label!r}
-make, batch = shapes[label]
-events = make()
-out = {{}}
-with tempfile.TemporaryDirectory() as tmp:
-    critical = Spool(Path(tmp) / "c")  # fsync per batch, as the daemon's
-    samples = Spool(Path(tmp) / "s", overflow="drop_oldest", fsync=False)
-    critical.open()
-    samples.open()
-    ingest = Ingest(Chain(), critical, samples, default_registry(), "bench", "bench")
-    t0 = time.thread_time()
-    for i in range(0, len(events), batch):
-        ingest.accept(events[i : i + batch])
-    out[label] = (time.thread_time() - t0) / len(events) * 1e6
-    critical.close()
-    samples.close()
-print(json.dumps(out))
+from bench.agent_ingest import SHAPES, timed_ingest
+make, batch = SHAPES[{label!r}]
+print(json.dumps({{{label!r}: timed_ingest(make(), batch)}}))
 """
 
 
-SHAPES = ("GpuSamples, 1 tick, 64 a commit", "GpuSamples, 60 ticks", "Metrics, 10,000 points")
+def timed_ingest(
+    events: list[dict[str, Any]],
+    batch: int,
+    no_seal: bool = False,
+    no_spool: bool = False,
+) -> float:
+    """CPU µs per message of `Ingest.accept` over `events`, `batch` a call,
+    into fresh spools with the daemon's defaults; `no_seal` replaces the seal
+    with its own result for the first event, `no_spool` the samples spool's
+    append with a no-op."""
+    import tempfile
+    import time
+
+    from agent.envelope import Chain
+    from agent.ingest import Ingest, _Kind
+    from agent.spool import Spool
+    from schemas import default_registry
+
+    with tempfile.TemporaryDirectory() as tmp:
+        critical = Spool(Path(tmp) / "c")  # fsync per batch, as the daemon's
+        samples = Spool(Path(tmp) / "s", overflow="drop_oldest", fsync=False)
+        critical.open()
+        samples.open()
+        ingest = Ingest(Chain(), critical, samples, default_registry(), "bench", "bench")
+        if no_seal:
+            name = events[0]["type"]
+            kind = ingest._kind(name)
+            sealed = kind.seal(events[0]["body"], ingest.chain.envelope("s", "e", 1, "n"))
+            ingest._kinds[name] = _Kind(lambda _b, _e: sealed, kind.topic, kind.sample)
+        if no_spool:
+            samples.append = lambda entries: list(range(len(entries)))  # type: ignore[method-assign]
+        t0 = time.thread_time()
+        for i in range(0, len(events), batch):
+            ingest.accept(events[i : i + batch])
+        micros = (time.thread_time() - t0) / len(events) * 1e6
+        critical.close()
+        samples.close()
+    return micros
+
+
+def _gpu(n: int, ticks: int) -> list[dict[str, Any]]:
+    from bench.agent_overhead import gpu_events
+
+    return gpu_events(n, ticks)[0]
+
+
+def _metrics(n: int) -> list[dict[str, Any]]:
+    from bench.agent_overhead import metrics_events
+
+    return metrics_events(n)[0]
+
+
+# label -> (make the events, events a call)
+SHAPES: dict[str, tuple[Callable[[], list[dict[str, Any]]], int]] = {
+    "GpuSamples, 1 tick, 64 a commit": (lambda: _gpu(5000, 1), 64),
+    "GpuSamples, 60 ticks": (lambda: _gpu(300, 60), 1),
+    "Metrics, 10,000 points": (lambda: _metrics(300), 1),
+}
 
 
 def case(keep_mb: int, label: str) -> dict[str, float]:
@@ -81,47 +114,16 @@ def case(keep_mb: int, label: str) -> dict[str, float]:
 def parts(runs: int = 7) -> dict[str, float]:
     """µs per one-tick message: the whole ingest step and with parts of it
     replaced (seal by its own result, spool append by a no-op)."""
-    import tempfile
-    import time
-
-    from agent.envelope import Chain
-    from agent.ingest import Ingest, _Kind
-    from agent.spool import Spool
-    from bench.agent_overhead import gpu_events
-    from schemas import default_registry
-
-    events, _ = gpu_events(5000, 1)
-    out: dict[str, float] = {}
-    for label, no_seal, no_spool in (
-        ("whole ingest step", False, False),
-        ("seal replaced by a constant", True, False),
-        ("spool append replaced by a no-op", False, True),
-        ("both replaced: the loop's own Python", True, True),
-    ):
-        best = float("inf")
-        for _ in range(runs):
-            with tempfile.TemporaryDirectory() as tmp:
-                critical = Spool(Path(tmp) / "c")
-                samples = Spool(Path(tmp) / "s", overflow="drop_oldest", fsync=False)
-                critical.open()
-                samples.open()
-                ingest = Ingest(Chain(), critical, samples, default_registry(), "bench", "bench")
-                kind = ingest._kind("GpuSamples")
-                if no_seal:
-                    sealed = kind.seal(events[0]["body"], ingest.chain.envelope("s", "e", 1, "n"))
-                    ingest._kinds["GpuSamples"] = _Kind(
-                        lambda _b, _e, sealed=sealed: sealed, kind.topic, kind.sample
-                    )
-                if no_spool:
-                    samples.append = lambda entries: list(range(len(entries)))  # type: ignore[method-assign]
-                t0 = time.thread_time()
-                for i in range(0, len(events), 64):
-                    ingest.accept(events[i : i + 64])
-                best = min(best, (time.thread_time() - t0) / len(events) * 1e6)
-                critical.close()
-                samples.close()
-        out[label] = best
-    return out
+    events = _gpu(5000, 1)
+    return {
+        label: min(timed_ingest(events, 64, no_seal, no_spool) for _ in range(runs))
+        for label, no_seal, no_spool in (
+            ("whole ingest step", False, False),
+            ("seal replaced by a constant", True, False),
+            ("spool append replaced by a no-op", False, True),
+            ("both replaced: the loop's own Python", True, True),
+        )
+    }
 
 
 def main() -> None:

@@ -290,10 +290,10 @@ def through_agent(
 
 def _warm_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One event of each type in `events`, each on a stream of its own."""
-    first = {ev["type"]: ev for ev in events}
+    one_of_each = {ev["type"]: ev for ev in events}
     return [
         {**ev, "event_id": str(uuid.uuid4()), "stream": f"warm/{name}"}
-        for name, ev in first.items()
+        for name, ev in one_of_each.items()
     ]
 
 
@@ -344,7 +344,7 @@ def drain(bootstrap_servers: str, sent: Sent) -> float:
             samples.append(backlog[i : min(i + 100, len(backlog) - 1)])
         samples.on_append = wake
         if shipper.stats.delivered != len(warm):
-            raise SystemExit("bench: the shipper took the backlog before it was woken")
+            raise SystemExit("bench: the shipper delivered backlog before it was woken")
         t0 = time.perf_counter()
         samples.append(backlog[-1:])  # wakes it
         _wait_delivered(shipper, len(warm) + len(backlog), t0)
